@@ -1,0 +1,111 @@
+//! Starting and stopping the gateway: bind listeners, serve, wait for a signal, drain.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::proxy::Proxy;
+use crate::server::{self, ConnOptions};
+use crate::status::{Health, Status};
+use crate::{telemetry, tls};
+
+/// The status listener keeps answering (`/readyz` 503) while the proxy drains; it gets this
+/// long of its own to finish once the proxy is done.
+const STATUS_GRACE: Duration = Duration::from_secs(1);
+
+/// Runs the gateway until SIGTERM/SIGINT, then drains and returns.
+pub async fn run(config: Config) -> Result<(), String> {
+    let metrics = telemetry::install_metrics()?;
+    let health = Arc::new(Health::default());
+    let tunnels = TaskTracker::new();
+
+    let proxy = Arc::new(Proxy::new(&config, tunnels.clone()).map_err(|e| e.to_string())?);
+    let proxy_options = ConnOptions {
+        header_read_timeout: config.proxy.header_read_timeout,
+        max_header_bytes: config.proxy.max_header_bytes,
+        max_headers: config.proxy.max_headers,
+        tls: config
+            .proxy
+            .tls
+            .as_ref()
+            .map(tls::acceptor)
+            .transpose()
+            .map_err(|e| e.to_string())?,
+    };
+    let proxy_listener = server::bind("proxy", config.proxy.listen)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status_listener = server::bind("status", config.status.listen)
+        .await
+        .map_err(|e| e.to_string())?;
+
+    let stop_proxy = CancellationToken::new();
+    let stop_status = CancellationToken::new();
+    let grace = config.shutdown.grace;
+    let proxy_task = tokio::spawn(server::serve(
+        "proxy",
+        proxy_listener,
+        proxy_options,
+        move |req, conn| proxy.clone().handle(req, conn),
+        stop_proxy.clone(),
+        grace,
+    ));
+    let status = Arc::new(Status {
+        health: health.clone(),
+        metrics,
+    });
+    let status_task = tokio::spawn(server::serve(
+        "status",
+        status_listener,
+        ConnOptions::internal(),
+        move |req, _conn| status.clone().handle(req),
+        stop_status.clone(),
+        STATUS_GRACE,
+    ));
+
+    health.set_ready();
+    tracing::info!(routes = config.routes.len(), "keygate ready");
+
+    shutdown_signal().await;
+    let deadline = Instant::now() + config.shutdown.delay + grace;
+    health.start_draining();
+    tracing::info!(delay = ?config.shutdown.delay, ?grace, "shutting down: readiness off, draining");
+    tokio::time::sleep(config.shutdown.delay).await;
+
+    stop_proxy.cancel();
+    let _ = proxy_task.await;
+    tunnels.close();
+    if tokio::time::timeout_at(deadline, tunnels.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = tunnels.len(),
+            "grace period over; closing open tunnels"
+        );
+    }
+    stop_status.cancel();
+    let _ = status_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM (Kubernetes, systemd) or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C will stop keygate");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

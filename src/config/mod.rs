@@ -1,0 +1,753 @@
+//! Configuration: YAML → [`raw`] serde structs → [`validate`] → the typed [`Config`].
+//!
+//! Every error names the key's path (`routes[1].upstream`) so an operator can find it.
+
+pub mod duration;
+pub mod raw;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::{Method, Uri};
+
+pub use duration::HumanDuration;
+pub use raw::{AuthMode, LogFormat, RawConfig, StoreBackend};
+
+/// Environment variable that overrides `store.redis.url` (it usually carries a password).
+pub const ENV_REDIS_URL: &str = "KEYGATE_REDIS_URL";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// `path` is the key's location in the document, e.g. `routes[0].timeout`.
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+fn invalid(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// A secret that never shows up in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub admin: AdminConfig,
+    pub status: StatusConfig,
+    pub store: StoreConfig,
+    pub cache: CacheConfig,
+    pub keys: KeysConfig,
+    pub identity: IdentityConfig,
+    pub upstream: UpstreamConfig,
+    pub shutdown: ShutdownConfig,
+    pub log: LogConfig,
+    pub routes: Vec<RouteConfig>,
+    /// The document as loaded (defaults filled, environment applied), for `check-config`.
+    raw: RawConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub token_env: String,
+    /// The bootstrap super-admin token, read from the variable `token_env` names.
+    pub token: Option<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StatusConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub backend: StoreBackend,
+    pub embedded_path: PathBuf,
+    pub redis_url: Secret,
+    pub redis_key_prefix: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub max_entries: u64,
+    pub ttl: Duration,
+    pub negative_ttl: Duration,
+    pub stale_if_error: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeysConfig {
+    pub prefix: String,
+    pub headers: Vec<HeaderName>,
+    pub authorization_bearer: bool,
+    pub default_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    /// As configured (`X-Keygate-`), used to build outgoing header names.
+    pub header_prefix: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub connect_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ShutdownConfig {
+    pub delay: Duration,
+    pub grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        let raw = raw::RawLog::default();
+        Self {
+            format: raw.format,
+            level: raw.level,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: Arc<str>,
+    pub path_prefix: String,
+    /// Lower-cased; compared with the request's host (without port unless this has one).
+    pub host: Option<String>,
+    pub methods: Option<Vec<Method>>,
+    pub upstream: UpstreamTarget,
+    pub auth: AuthMode,
+    pub require: Vec<String>,
+    pub strip_prefix: bool,
+    pub timeout: Duration,
+    pub preserve_host: bool,
+    pub upstream_http2: bool,
+}
+
+/// Where a route sends its requests: `scheme://authority` plus an optional base path.
+#[derive(Debug, Clone)]
+pub struct UpstreamTarget {
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// Prepended to the forwarded path; empty or without a trailing `/`.
+    pub base_path: String,
+}
+
+impl Config {
+    /// Reads, parses and validates the file, applying `KEYGATE_*` environment overrides.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses a YAML document; `env` looks up environment variables (injectable for tests).
+    pub fn from_yaml(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut raw = parse_raw(text)?;
+        if let Some(url) = env(ENV_REDIS_URL).filter(|u| !u.is_empty()) {
+            raw.store.redis.url = url;
+        }
+        validate(raw, env)
+    }
+
+    /// The effective configuration as YAML, with passwords in URLs replaced by `****`.
+    pub fn redacted_yaml(&self) -> String {
+        let mut raw = self.raw.clone();
+        raw.store.redis.url = redact_url_password(&raw.store.redis.url);
+        let mut out = serde_yaml::to_string(&raw).unwrap_or_else(|e| format!("# {e}\n"));
+        let token_state = if self.admin.token.is_some() {
+            "set"
+        } else {
+            "NOT set: the admin API will refuse every call"
+        };
+        out.push_str(&format!(
+            "# admin token: read from ${}, {token_state}\n",
+            self.admin.token_env
+        ));
+        out
+    }
+}
+
+fn parse_raw(text: &str) -> Result<RawConfig, ConfigError> {
+    // An empty file is a valid config of all defaults (it still needs routes, checked later).
+    if text.trim().is_empty() {
+        return Ok(RawConfig::default());
+    }
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let mut path = err.path().to_string();
+        let inner = err.into_inner();
+        let mut message = inner.to_string();
+        // serde_yaml prefixes its own copy of the path; keep one.
+        if let Some((head, rest)) = message.split_once(": ") {
+            if path.starts_with(head) {
+                message = rest.to_owned();
+            }
+        }
+        if let Some(key) = unknown_field_name(&message) {
+            // Depending on where serde noticed it, the path may stop at the parent.
+            if !path.ends_with(key) {
+                path = if path == "." {
+                    key.to_owned()
+                } else {
+                    format!("{path}.{key}")
+                };
+            }
+            let expected = message.split_once(", ").map_or("", |(_, rest)| rest);
+            message = format!("unknown key; {expected}");
+        }
+        if path == "." {
+            path = "(document)".into();
+        }
+        invalid(path, message)
+    })
+}
+
+fn unknown_field_name(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split_once('`').map(|(name, _)| name)
+}
+
+fn redact_url_password(url: &str) -> String {
+    match url.parse::<Uri>() {
+        Ok(uri) => match uri.authority() {
+            Some(auth) if auth.as_str().contains('@') => {
+                let (userinfo, host) = auth.as_str().rsplit_once('@').unwrap_or(("", ""));
+                let user = userinfo.split_once(':').map_or("", |(u, _)| u);
+                url.replacen(auth.as_str(), &format!("{user}:****@{host}"), 1)
+            }
+            _ => url.to_owned(),
+        },
+        Err(_) => url.to_owned(),
+    }
+}
+
+/// Turns the raw document into the typed config, naming the first bad key.
+pub fn validate(
+    raw: RawConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let proxy = ProxyConfig {
+        listen: socket_addr("proxy.listen", &raw.proxy.listen)?,
+        tls: raw
+            .proxy
+            .tls
+            .as_ref()
+            .map(|t| -> Result<TlsFiles, ConfigError> {
+                Ok(TlsFiles {
+                    cert_file: non_empty_path("proxy.tls.cert_file", &t.cert_file)?,
+                    key_file: non_empty_path("proxy.tls.key_file", &t.key_file)?,
+                })
+            })
+            .transpose()?,
+        header_read_timeout: positive("proxy.header_read_timeout", raw.proxy.header_read_timeout)?,
+        max_header_bytes: {
+            // hyper's HTTP/1 parser cannot work with a smaller buffer.
+            const MIN: usize = 8 * 1024;
+            if raw.proxy.max_header_bytes < MIN {
+                return Err(invalid(
+                    "proxy.max_header_bytes",
+                    format!("must be at least {MIN}"),
+                ));
+            }
+            raw.proxy.max_header_bytes
+        },
+        max_headers: {
+            if raw.proxy.max_headers == 0 {
+                return Err(invalid("proxy.max_headers", "must be at least 1"));
+            }
+            raw.proxy.max_headers
+        },
+    };
+
+    let token_env = raw.admin.token_env.trim().to_owned();
+    if token_env.is_empty() {
+        return Err(invalid(
+            "admin.token_env",
+            "must name an environment variable",
+        ));
+    }
+    let admin = AdminConfig {
+        listen: socket_addr("admin.listen", &raw.admin.listen)?,
+        token: env(&token_env).filter(|t| !t.is_empty()).map(Secret::new),
+        token_env,
+    };
+    let status = StatusConfig {
+        listen: socket_addr("status.listen", &raw.status.listen)?,
+    };
+
+    let store = StoreConfig {
+        backend: raw.store.backend,
+        embedded_path: non_empty_path("store.embedded.path", &raw.store.embedded.path)?,
+        redis_url: {
+            let url = raw.store.redis.url.trim();
+            let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
+                .iter()
+                .any(|s| url.starts_with(s));
+            if !scheme_ok {
+                return Err(invalid(
+                    "store.redis.url",
+                    "must start with redis://, rediss://, redis+unix:// or unix://",
+                ));
+            }
+            Secret::new(url)
+        },
+        redis_key_prefix: raw.store.redis.key_prefix.clone(),
+    };
+
+    let cache = CacheConfig {
+        max_entries: if raw.cache.max_entries == 0 {
+            return Err(invalid("cache.max_entries", "must be at least 1"));
+        } else {
+            raw.cache.max_entries
+        },
+        ttl: positive("cache.ttl", raw.cache.ttl)?,
+        negative_ttl: raw.cache.negative_ttl.0,
+        stale_if_error: raw.cache.stale_if_error.0,
+    };
+
+    let identity = IdentityConfig {
+        header_prefix: {
+            let p = raw.identity.header_prefix.as_str();
+            if p.is_empty() || HeaderName::from_bytes(p.as_bytes()).is_err() {
+                return Err(invalid(
+                    "identity.header_prefix",
+                    "must be a non-empty header-name prefix such as `X-Keygate-`",
+                ));
+            }
+            p.to_owned()
+        },
+    };
+
+    let keys = validate_keys(&raw.keys, &identity)?;
+
+    let upstream = UpstreamConfig {
+        connect_timeout: positive("upstream.connect_timeout", raw.upstream.connect_timeout)?,
+        pool_idle_timeout: raw.upstream.pool_idle_timeout.0,
+        pool_max_idle_per_host: raw.upstream.pool_max_idle_per_host,
+        ca_file: raw
+            .upstream
+            .ca_file
+            .as_deref()
+            .map(|p| non_empty_path("upstream.ca_file", p))
+            .transpose()?,
+    };
+
+    let shutdown = ShutdownConfig {
+        delay: raw.shutdown.delay.0,
+        grace: raw.shutdown.grace.0,
+    };
+
+    let log = LogConfig {
+        format: raw.log.format,
+        level: {
+            if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
+                return Err(invalid(
+                    "log.level",
+                    "is not a valid filter; use e.g. `info` or `keygate=debug,info`",
+                ));
+            }
+            raw.log.level.clone()
+        },
+    };
+
+    if raw.routes.is_empty() {
+        return Err(invalid("routes", "at least one route is required"));
+    }
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    for (i, r) in raw.routes.iter().enumerate() {
+        let route = validate_route(&format!("routes[{i}]"), r)?;
+        if let Some(prev) = routes
+            .iter()
+            .position(|p: &RouteConfig| p.name == route.name)
+        {
+            return Err(invalid(
+                format!("routes[{i}].name"),
+                format!("`{}` is already the name of routes[{prev}]", route.name),
+            ));
+        }
+        routes.push(route);
+    }
+
+    Ok(Config {
+        proxy,
+        admin,
+        status,
+        store,
+        cache,
+        keys,
+        identity,
+        upstream,
+        shutdown,
+        log,
+        routes,
+        raw,
+    })
+}
+
+fn validate_keys(raw: &raw::RawKeys, identity: &IdentityConfig) -> Result<KeysConfig, ConfigError> {
+    let prefix_ok = !raw.prefix.is_empty()
+        && raw.prefix.len() <= 16
+        && raw.prefix.bytes().all(|b| b.is_ascii_alphanumeric());
+    if !prefix_ok {
+        return Err(invalid("keys.prefix", "must be 1 to 16 letters or digits"));
+    }
+    if raw.headers.is_empty() && !raw.authorization_bearer {
+        return Err(invalid(
+            "keys.headers",
+            "is empty and keys.authorization_bearer is false: no way to send a key",
+        ));
+    }
+    let mut headers = Vec::with_capacity(raw.headers.len());
+    for (i, h) in raw.headers.iter().enumerate() {
+        let path = format!("keys.headers[{i}]");
+        let name = HeaderName::from_bytes(h.as_bytes())
+            .map_err(|_| invalid(&path, format!("`{h}` is not a valid header name")))?;
+        if name == http::header::AUTHORIZATION {
+            return Err(invalid(
+                path,
+                "use keys.authorization_bearer for the Authorization header",
+            ));
+        }
+        if is_identity_header(name.as_str(), &identity.header_prefix) {
+            return Err(invalid(
+                path,
+                "must not start with identity.header_prefix (those headers are stripped)",
+            ));
+        }
+        headers.push(name);
+    }
+    Ok(KeysConfig {
+        prefix: raw.prefix.clone(),
+        headers,
+        authorization_bearer: raw.authorization_bearer,
+        default_ttl: positive("keys.default_ttl", raw.default_ttl)?,
+    })
+}
+
+/// Whether `name`, with `_` read as `-`, starts with `prefix`, ignoring case.
+/// Shared by config checks and the proxy's identity-header stripping.
+pub fn is_identity_header(name: &str, prefix: &str) -> bool {
+    let (name, prefix) = (name.as_bytes(), prefix.as_bytes());
+    name.len() >= prefix.len()
+        && name.iter().zip(prefix).all(|(&n, &p)| {
+            let n = if n == b'_' { b'-' } else { n };
+            let p = if p == b'_' { b'-' } else { p };
+            n.eq_ignore_ascii_case(&p)
+        })
+}
+
+fn validate_route(path: &str, r: &raw::RawRoute) -> Result<RouteConfig, ConfigError> {
+    let name_ok = !r.name.is_empty()
+        && r.name.len() <= 64
+        && r.name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !name_ok {
+        return Err(invalid(
+            format!("{path}.name"),
+            "is required: 1 to 64 letters, digits, `-`, `_` or `.` (it labels metrics)",
+        ));
+    }
+    if !r.path_prefix.starts_with('/') || r.path_prefix.contains(['?', '#']) {
+        return Err(invalid(
+            format!("{path}.path_prefix"),
+            "must start with `/` and hold no `?` or `#`",
+        ));
+    }
+    let host = match &r.host {
+        Some(h) if h.trim().is_empty() || h.parse::<http::uri::Authority>().is_err() => {
+            return Err(invalid(
+                format!("{path}.host"),
+                format!("`{h}` is not a host name"),
+            ))
+        }
+        Some(h) => Some(h.trim().to_ascii_lowercase()),
+        None => None,
+    };
+    let methods = match &r.methods {
+        None => None,
+        Some(list) if list.is_empty() => {
+            return Err(invalid(
+                format!("{path}.methods"),
+                "is empty; leave it out to allow every method",
+            ))
+        }
+        Some(list) => Some(
+            list.iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                        invalid(
+                            format!("{path}.methods[{i}]"),
+                            format!("`{m}` is not a method"),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    let upstream = upstream_target(&format!("{path}.upstream"), &r.upstream)?;
+    if r.auth != AuthMode::None {
+        // The key-checking stage does not exist in this build; refusing at load is the only
+        // safe answer — a route that says `required` must never be served unauthenticated.
+        return Err(invalid(
+            format!("{path}.auth"),
+            format!(
+                "`{}` needs API-key checking, which this build does not have yet; \
+                 set `auth: none` for an open route",
+                if r.auth == AuthMode::Required {
+                    "required"
+                } else {
+                    "optional"
+                }
+            ),
+        ));
+    }
+    for (i, perm) in r.require.iter().enumerate() {
+        if perm.is_empty() || perm.contains(|c: char| c.is_whitespace() || c == ',') {
+            return Err(invalid(
+                format!("{path}.require[{i}]"),
+                "a permission is a non-empty word without spaces or commas",
+            ));
+        }
+    }
+    Ok(RouteConfig {
+        name: Arc::from(r.name.as_str()),
+        path_prefix: r.path_prefix.clone(),
+        host,
+        methods,
+        upstream,
+        auth: r.auth,
+        require: r.require.clone(),
+        strip_prefix: r.strip_prefix,
+        timeout: positive(&format!("{path}.timeout"), r.timeout)?,
+        preserve_host: r.preserve_host,
+        upstream_http2: r.upstream_http2,
+    })
+}
+
+fn upstream_target(path: &str, text: &str) -> Result<UpstreamTarget, ConfigError> {
+    let bad = |why: &str| invalid(path, format!("`{text}` {why}"));
+    if text.is_empty() {
+        return Err(invalid(path, "is required, e.g. `http://127.0.0.1:9000`"));
+    }
+    let uri: Uri = text.parse().map_err(|_| bad("is not a URL"))?;
+    let scheme = match uri.scheme_str() {
+        Some("http") => http::uri::Scheme::HTTP,
+        Some("https") => http::uri::Scheme::HTTPS,
+        _ => return Err(bad("must start with http:// or https://")),
+    };
+    let authority = uri.authority().cloned().ok_or_else(|| bad("has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(bad("must not carry credentials"));
+    }
+    if uri.query().is_some() {
+        return Err(bad("must not have a query string"));
+    }
+    Ok(UpstreamTarget {
+        scheme,
+        authority,
+        base_path: uri.path().trim_end_matches('/').to_owned(),
+    })
+}
+
+fn socket_addr(path: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse().map_err(|_| {
+        invalid(
+            path,
+            format!("`{text}` is not an address such as `0.0.0.0:8080` or `[::1]:8080`"),
+        )
+    })
+}
+
+fn non_empty_path(path: &str, text: &str) -> Result<PathBuf, ConfigError> {
+    if text.trim().is_empty() {
+        return Err(invalid(path, "must not be empty"));
+    }
+    Ok(PathBuf::from(text))
+}
+
+fn positive(path: &str, d: HumanDuration) -> Result<Duration, ConfigError> {
+    if d.0.is_zero() {
+        return Err(invalid(path, "must be greater than zero"));
+    }
+    Ok(d.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    const MINIMAL: &str =
+        "routes:\n  - name: api\n    upstream: http://127.0.0.1:9000\n    auth: none\n";
+
+    fn error_of(yaml: &str) -> (String, String) {
+        match Config::from_yaml(yaml, &no_env) {
+            Err(ConfigError::Invalid { path, message }) => (path, message),
+            other => panic!("expected an invalid-config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_contract_defaults() {
+        let c = Config::from_yaml(MINIMAL, &no_env).unwrap();
+        assert_eq!(c.proxy.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.admin.listen.to_string(), "127.0.0.1:8081");
+        assert_eq!(c.status.listen.to_string(), "0.0.0.0:8082");
+        assert_eq!(c.store.backend, StoreBackend::Embedded);
+        assert_eq!(c.cache.max_entries, 1_000_000);
+        assert_eq!(c.cache.ttl, Duration::from_secs(60));
+        assert_eq!(c.keys.headers, vec![HeaderName::from_static("x-api-key")]);
+        assert_eq!(c.identity.header_prefix, "X-Keygate-");
+        assert_eq!(c.routes[0].path_prefix, "/");
+        assert_eq!(c.routes[0].timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_path() {
+        let (path, msg) = error_of(&format!("{MINIMAL}    colour: blue\n"));
+        assert_eq!(path, "routes[0].colour");
+        assert!(msg.starts_with("unknown key"), "{msg}");
+        let (path, _) = error_of(&format!("proxy:\n  lisen: 1\n{MINIMAL}"));
+        assert_eq!(path, "proxy.lisen");
+        let (path, _) = error_of(&format!("bogus: 1\n{MINIMAL}"));
+        assert_eq!(path, "bogus");
+    }
+
+    #[test]
+    fn bad_values_name_their_path() {
+        let (path, _) = error_of(&MINIMAL.replace("http://127.0.0.1:9000", "ftp://x"));
+        assert_eq!(path, "routes[0].upstream");
+        let (path, msg) = error_of(&format!("{MINIMAL}    timeout: 30 seconds\n"));
+        assert_eq!(path, "routes[0].timeout");
+        assert!(msg.contains("unit"), "{msg}");
+        let (path, _) = error_of(&format!("proxy:\n  listen: nowhere\n{MINIMAL}"));
+        assert_eq!(path, "proxy.listen");
+        let (path, _) = error_of(&format!("{MINIMAL}    methods: [GET, 'B@D']\n"));
+        assert_eq!(path, "routes[0].methods[1]");
+        let (path, _) = error_of(&format!(
+            "{MINIMAL}  - name: api\n    upstream: http://x\n    auth: none\n"
+        ));
+        assert_eq!(path, "routes[1].name");
+        let (path, _) = error_of("routes: []\n");
+        assert_eq!(path, "routes");
+    }
+
+    #[test]
+    fn authenticated_routes_are_refused_until_key_checking_exists() {
+        let (path, msg) = error_of(&MINIMAL.replace("    auth: none\n", ""));
+        assert_eq!(path, "routes[0].auth");
+        assert!(msg.contains("auth: none"), "{msg}");
+    }
+
+    #[test]
+    fn environment_overrides_redis_url_and_reads_admin_token() {
+        let env = |name: &str| match name {
+            "KEYGATE_REDIS_URL" => Some("redis://:hunter2@redis:6379/1".to_owned()),
+            "KEYGATE_ADMIN_TOKEN" => Some("sekret-token".to_owned()),
+            _ => None,
+        };
+        let c = Config::from_yaml(MINIMAL, &env).unwrap();
+        assert_eq!(c.store.redis_url.expose(), "redis://:hunter2@redis:6379/1");
+        assert_eq!(c.admin.token.as_ref().unwrap().expose(), "sekret-token");
+        let shown = c.redacted_yaml();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("sekret-token"), "{shown}");
+        assert!(shown.contains("redis://:****@redis:6379/1"), "{shown}");
+        assert!(!format!("{c:?}").contains("sekret-token"));
+    }
+
+    #[test]
+    fn redacted_yaml_parses_back_to_the_same_config() {
+        let c = Config::from_yaml(MINIMAL, &no_env).unwrap();
+        let again = Config::from_yaml(&c.redacted_yaml(), &no_env).unwrap();
+        assert_eq!(again.redacted_yaml(), c.redacted_yaml());
+    }
+
+    #[test]
+    fn identity_header_match_ignores_case_and_underscores() {
+        for name in [
+            "x-keygate-user",
+            "X_Keygate_User",
+            "X-KEYGATE-",
+            "x_keygate-permissions",
+        ] {
+            assert!(is_identity_header(name, "X-Keygate-"), "{name}");
+        }
+        for name in ["x-keygat", "x-api-key", "keygate-user", "x-keygateuser"] {
+            assert!(!is_identity_header(name, "X-Keygate-"), "{name}");
+        }
+    }
+
+    #[test]
+    fn upstream_base_path_is_kept_without_trailing_slash() {
+        let c = Config::from_yaml(&MINIMAL.replace("9000", "9000/base/"), &no_env).unwrap();
+        assert_eq!(c.routes[0].upstream.base_path, "/base");
+        assert_eq!(c.routes[0].upstream.authority.as_str(), "127.0.0.1:9000");
+    }
+}

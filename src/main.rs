@@ -1,0 +1,59 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use keygate::cli::{Cli, Command};
+use keygate::config::{Config, LogConfig};
+use keygate::{app, echo, telemetry};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(cfg) => {
+                print!("{}", cfg.redacted_yaml());
+                eprintln!("{}: OK", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", config.display());
+                ExitCode::from(2)
+            }
+        },
+        Command::Serve { config } => {
+            let cfg = match Config::load(&config) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    eprintln!("keygate: {}: {e}", config.display());
+                    return ExitCode::from(2);
+                }
+            };
+            telemetry::init_logging(&cfg.log);
+            run_async(app::run(cfg))
+        }
+        Command::Echo { listen } => {
+            telemetry::init_logging(&LogConfig::default());
+            run_async(async move { echo::run(listen).await.map_err(|e| e.to_string()) })
+        }
+    }
+}
+
+fn run_async(fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keygate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("keygate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

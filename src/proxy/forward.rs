@@ -1,0 +1,141 @@
+//! The pooled upstream clients, the per-route timeout, and upgrade tunnels.
+
+use std::io;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio_util::task::TaskTracker;
+
+use crate::config::UpstreamConfig;
+
+type Connector = HttpsConnector<HttpConnector>;
+
+/// Why a request could not be forwarded; kept apart so a timeout never reads as a refusal.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
+    #[error("upstream request failed: {0}")]
+    Failed(#[source] hyper_util::client::legacy::Error),
+}
+
+/// One connection pool per protocol choice; routes share them, keyed by upstream authority.
+pub struct Upstreams {
+    negotiated: Client<Connector, Incoming>,
+    http2_only: Client<Connector, Incoming>,
+}
+
+impl Upstreams {
+    pub fn new(cfg: &UpstreamConfig) -> io::Result<Self> {
+        let tls = client_tls(cfg)?;
+        Ok(Self {
+            negotiated: client(cfg, tls.clone(), false),
+            http2_only: client(cfg, tls, true),
+        })
+    }
+
+    /// Sends the request and waits up to `timeout` for the response head. The body then
+    /// streams without a deadline: a large download is not a slow upstream.
+    pub async fn send(
+        &self,
+        req: Request<Incoming>,
+        http2: bool,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let client = if http2 {
+            &self.http2_only
+        } else {
+            &self.negotiated
+        };
+        match tokio::time::timeout(timeout, client.request(req)).await {
+            Ok(result) => result.map_err(ForwardError::Failed),
+            Err(_) => Err(ForwardError::Timeout(timeout)),
+        }
+    }
+}
+
+fn client_tls(cfg: &UpstreamConfig) -> io::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = &cfg.ca_file {
+        let pem = std::fs::read(path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("upstream.ca_file {}: {e}", path.display()),
+            )
+        })?;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            roots.add(cert?).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("upstream.ca_file: {e}"))
+            })?;
+        }
+    }
+    Ok(
+        rustls::ClientConfig::builder_with_provider(
+            rustls::crypto::ring::default_provider().into(),
+        )
+        .with_safe_default_protocol_versions()
+        .map_err(|e| io::Error::other(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
+
+fn client(
+    cfg: &UpstreamConfig,
+    tls: rustls::ClientConfig,
+    http2_only: bool,
+) -> Client<Connector, Incoming> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(cfg.connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    let connector = if http2_only {
+        builder.enable_http2().wrap_connector(http)
+    } else {
+        builder.enable_http1().enable_http2().wrap_connector(http)
+    };
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(cfg.pool_idle_timeout)
+        .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
+        .http2_only(http2_only)
+        // We set Host ourselves (preserve_host); only fill it when the request has none.
+        .set_host(true)
+        .build(connector)
+}
+
+/// Joins the client's and the upstream's upgraded connections and copies bytes both ways
+/// until either side closes. Tracked so shutdown can wait for open tunnels.
+pub fn spawn_tunnel(
+    tracker: &TaskTracker,
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    route: std::sync::Arc<str>,
+) {
+    tracker.spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(route = %route, error = %e, "upgrade did not complete");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(route = %route, error = %e, "tunnel closed with an error");
+        }
+    });
+}

@@ -1,0 +1,323 @@
+//! Header and URI rewriting between the client and the upstream: hop-by-hop removal,
+//! request ids, forwarding headers, spoofed identity headers, the upstream URI.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+
+use crate::config::{is_identity_header, UpstreamTarget};
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus the
+/// non-standard ones proxies have historically honoured.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers: the fixed list, `Upgrade`, and every header the
+/// `Connection` header names. `TE: trailers` survives because gRPC needs it end to end.
+/// With `keep_upgrade`, `Connection: upgrade` and `Upgrade` are kept for a protocol switch.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Names listed in Connection are removed too (`Connection: close, X-Foo`).
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
+
+    for name in listed {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(&name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Whether this HTTP/1.1 request asks to switch protocols (WebSocket and friends).
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// The client's `X-Request-Id` when it is a sane token, otherwise a fresh UUID.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    let mut buf = uuid::Uuid::encode_buffer();
+    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(text).expect("a UUID is a valid header value")
+}
+
+/// Removes every header whose name, with `_` read as `-`, starts with the identity prefix:
+/// only the gateway may tell the upstream who is calling.
+pub fn strip_identity_headers(headers: &mut HeaderMap, prefix: &str) {
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_identity_header(name.as_str(), prefix))
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
+}
+
+/// What the forwarding headers say about the client's side of the connection.
+pub struct ClientSide<'a> {
+    pub ip: IpAddr,
+    pub tls: bool,
+    /// The `Host` (or HTTP/2 `:authority`) the client used, if any.
+    pub host: Option<&'a HeaderValue>,
+}
+
+/// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto`/`-Host`.
+/// Proto and Host are overwritten: this gateway is where TLS and the host were seen.
+pub fn set_forwarding_headers(headers: &mut HeaderMap, client: &ClientSide<'_>) {
+    let ip = client.ip.to_canonical().to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) if !prior.trim().is_empty() => {
+            let mut all = headers
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect::<Vec<_>>()
+                .join(", ");
+            all.push_str(", ");
+            all.push_str(&ip);
+            all
+        }
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if client.tls { "https" } else { "http" }),
+    );
+    match client.host {
+        Some(host) => headers.insert(X_FORWARDED_HOST, host.clone()),
+        None => headers.remove(X_FORWARDED_HOST),
+    };
+}
+
+/// Builds the absolute upstream URI: the target's scheme and authority, its base path, then
+/// the request path (less the route prefix when `strip` is set) and the query untouched.
+pub fn upstream_uri(
+    target: &UpstreamTarget,
+    original: &Uri,
+    strip: Option<&str>,
+) -> Result<Uri, http::Error> {
+    let path = original.path();
+    let path = match strip {
+        Some(prefix) => path
+            .strip_prefix(prefix.trim_end_matches('/'))
+            .unwrap_or(path),
+        None => path,
+    };
+    let mut pq = String::with_capacity(
+        target.base_path.len() + path.len() + 1 + original.query().map_or(0, |q| q.len() + 1),
+    );
+    pq.push_str(&target.base_path);
+    if !path.starts_with('/') {
+        pq.push('/');
+    }
+    pq.push_str(path);
+    if let Some(q) = original.query() {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    Uri::builder()
+        .scheme(target.scheme.clone())
+        .authority(target.authority.clone())
+        .path_and_query(PathAndQuery::try_from(pq)?)
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn strips_fixed_hop_by_hop_headers_and_those_connection_names() {
+        let mut h = headers(&[
+            ("connection", "close, x-session-secret"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic Zm9v"),
+            ("proxy-authenticate", "Basic"),
+            ("te", "gzip"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-session-secret", "abc"),
+            ("accept", "*/*"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["accept"], "*/*");
+    }
+
+    #[test]
+    fn keeps_te_trailers_for_grpc() {
+        let mut h = headers(&[("te", "trailers"), ("content-type", "application/grpc")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h["te"], "trailers");
+        let mut h = headers(&[("te", "gzip, trailers")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn keeps_upgrade_headers_for_a_protocol_switch() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ]);
+        assert!(wants_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+        assert!(h.contains_key("sec-websocket-key"));
+        assert!(!wants_upgrade(&headers(&[("upgrade", "websocket")])));
+    }
+
+    #[test]
+    fn request_id_is_kept_when_sane_and_made_otherwise() {
+        let kept = request_id(&headers(&[("x-request-id", "abc-123")]));
+        assert_eq!(kept, "abc-123");
+        let made = request_id(&headers(&[("x-request-id", "has space")]));
+        assert_eq!(made.len(), 36);
+        let made = request_id(&HeaderMap::new());
+        assert_eq!(made.len(), 36);
+        assert_ne!(made, request_id(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn strips_spoofed_identity_headers_in_any_spelling() {
+        let mut h = headers(&[
+            ("x-keygate-user", "admin"),
+            ("X_Keygate_Permissions", "*"),
+            ("x-keygate-tenant", "t"),
+            ("x-keygateway", "not ours?"),
+            ("x-api-version", "2"),
+        ]);
+        strip_identity_headers(&mut h, "X-Keygate-");
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert!(h.contains_key("x-keygateway") && h.contains_key("x-api-version"));
+    }
+
+    #[test]
+    fn forwarding_headers_append_and_overwrite() {
+        let host = HeaderValue::from_static("api.example.com");
+        let mut h = headers(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+        ]);
+        let client = ClientSide {
+            ip: "10.1.2.3".parse().unwrap(),
+            tls: false,
+            host: Some(&host),
+        };
+        set_forwarding_headers(&mut h, &client);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "api.example.com");
+
+        let mut h = HeaderMap::new();
+        let client = ClientSide {
+            ip: "::ffff:127.0.0.1".parse().unwrap(),
+            tls: true,
+            host: None,
+        };
+        set_forwarding_headers(&mut h, &client);
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn upstream_uri_joins_base_path_and_strips_prefix() {
+        let target = UpstreamTarget {
+            scheme: http::uri::Scheme::HTTP,
+            authority: "up:9000".parse().unwrap(),
+            base_path: "/base".into(),
+        };
+        let uri: Uri = "/api/v1/items?x=1&y=%20".parse().unwrap();
+        assert_eq!(
+            upstream_uri(&target, &uri, None).unwrap(),
+            "http://up:9000/base/api/v1/items?x=1&y=%20"
+        );
+        assert_eq!(
+            upstream_uri(&target, &uri, Some("/api")).unwrap(),
+            "http://up:9000/base/v1/items?x=1&y=%20"
+        );
+        assert_eq!(
+            upstream_uri(&target, &uri, Some("/api/")).unwrap(),
+            "http://up:9000/base/v1/items?x=1&y=%20"
+        );
+        let exact: Uri = "/api".parse().unwrap();
+        assert_eq!(
+            upstream_uri(&target, &exact, Some("/api")).unwrap(),
+            "http://up:9000/base/"
+        );
+        let root = UpstreamTarget {
+            base_path: String::new(),
+            ..target
+        };
+        assert_eq!(
+            upstream_uri(&root, &exact, Some("/api")).unwrap(),
+            "http://up:9000/"
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! Listeners and connections, shared by the proxy, status and admin ports: accept, optional
+//! TLS, HTTP/1.1 + HTTP/2 via hyper-util's auto builder, limits, and graceful drain.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::{Body, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::either::Either;
+use tokio_util::sync::CancellationToken;
+
+/// What a request handler knows about the connection it arrived on.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Per-listener connection settings.
+#[derive(Clone)]
+pub struct ConnOptions {
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl ConnOptions {
+    /// Conservative settings for the small internal listeners (status, admin).
+    pub fn internal() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            tls: None,
+        }
+    }
+
+    fn builder(&self) -> auto::Builder<TokioExecutor> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout)
+            .max_buf_size(self.max_header_bytes)
+            .max_headers(self.max_headers);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX));
+        builder
+    }
+}
+
+/// Binds `addr`; the error names the listener so a busy port is easy to find.
+pub async fn bind(name: &str, addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot listen for {name} on {addr}: {e}"))
+    })?;
+    // Tests and scripts read this line to learn ports chosen with `:0`.
+    tracing::info!(listener = name, addr = %listener.local_addr()?, "listening");
+    Ok(listener)
+}
+
+/// Serves connections until `stop` fires, then stops accepting and lets open connections
+/// finish their in-flight requests for up to `grace`.
+pub async fn serve<H, F, B>(
+    name: &'static str,
+    listener: TcpListener,
+    options: ConnOptions,
+    handler: H,
+    stop: CancellationToken,
+    grace: Duration,
+) where
+    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<B>, std::convert::Infallible>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let builder = Arc::new(options.builder());
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(listener = name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let handler = handler.clone();
+        let tls = options.tls.clone();
+        let handshake_timeout = options.header_read_timeout;
+        tokio::spawn(async move {
+            let info = ConnInfo {
+                peer,
+                tls: tls.is_some(),
+            };
+            let service = service_fn(move |req| handler(req, info));
+            let io = match tls {
+                None => Either::Left(stream),
+                Some(acceptor) => {
+                    match tls_handshake(&acceptor, stream, handshake_timeout, name, peer).await {
+                        Some(stream) => Either::Right(stream),
+                        None => return,
+                    }
+                }
+            };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!(listener = name, connections = graceful.count(), "draining");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            listener = name,
+            ?grace,
+            "grace period over; closing remaining connections"
+        );
+    }
+}
+
+async fn tls_handshake(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    timeout: Duration,
+    name: &str,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(listener = name, %peer, "TLS handshake timed out");
+            None
+        }
+    }
+}

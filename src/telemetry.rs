@@ -1,0 +1,77 @@
+//! Metric names (all of them, in one place), recording helpers, and log setup.
+//!
+//! Names follow `keygate_<thing>_<unit>`; label values are bounded (route names from the
+//! config, status codes, fixed result words) — never key ids, paths or client input.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use http::StatusCode;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::config::{LogConfig, LogFormat};
+
+pub const HTTP_REQUESTS_TOTAL: &str = "keygate_http_requests_total";
+pub const HTTP_REQUEST_DURATION_SECONDS: &str = "keygate_http_request_duration_seconds";
+pub const UPSTREAM_REQUEST_DURATION_SECONDS: &str = "keygate_upstream_request_duration_seconds";
+
+/// The `route` label of requests that matched no route.
+pub const NO_ROUTE_LABEL: &str = "_none";
+
+/// Latency buckets from 100 µs to 30 s: gateway overhead is sub-millisecond, upstreams are not.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// Installs the process-wide Prometheus recorder; the handle renders `/metrics`.
+pub fn install_metrics() -> Result<PrometheusHandle, String> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets(LATENCY_BUCKETS)
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())?;
+    metrics::describe_counter!(
+        HTTP_REQUESTS_TOTAL,
+        "Requests answered by the proxy, by route and status code."
+    );
+    metrics::describe_histogram!(
+        HTTP_REQUEST_DURATION_SECONDS,
+        metrics::Unit::Seconds,
+        "Time from request head to response head, by route."
+    );
+    metrics::describe_histogram!(
+        UPSTREAM_REQUEST_DURATION_SECONDS,
+        metrics::Unit::Seconds,
+        "Time the upstream took to answer with its response head, by route."
+    );
+    Ok(handle)
+}
+
+pub fn record_http_request(route: &str, status: StatusCode, elapsed: Duration) {
+    let labels = [
+        ("route", route.to_owned()),
+        ("code", status.as_str().to_owned()),
+    ];
+    metrics::counter!(HTTP_REQUESTS_TOTAL, &labels).increment(1);
+    metrics::histogram!(HTTP_REQUEST_DURATION_SECONDS, "route" => route.to_owned()).record(elapsed);
+}
+
+pub fn record_upstream_duration(route: &str, elapsed: Duration) {
+    metrics::histogram!(UPSTREAM_REQUEST_DURATION_SECONDS, "route" => route.to_owned())
+        .record(elapsed);
+}
+
+/// Logs go to stderr; `RUST_LOG` overrides the configured level.
+pub fn init_logging(cfg: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = match cfg.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
