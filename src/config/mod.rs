@@ -498,7 +498,8 @@ pub fn is_identity_header(name: &str, prefix: &str) -> bool {
 }
 
 fn validate_route(path: &str, r: &raw::RawRoute) -> Result<RouteConfig, ConfigError> {
-    let name_ok = !r.name.is_empty()
+    // Must start with a letter or digit: `_none` is the metrics label of unrouted requests.
+    let name_ok = r.name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && r.name.len() <= 64
         && r.name
             .bytes()
@@ -506,7 +507,8 @@ fn validate_route(path: &str, r: &raw::RawRoute) -> Result<RouteConfig, ConfigEr
     if !name_ok {
         return Err(invalid(
             format!("{path}.name"),
-            "is required: 1 to 64 letters, digits, `-`, `_` or `.` (it labels metrics)",
+            "is required: 1 to 64 letters, digits, `-`, `_` or `.`, starting with a letter \
+             or digit (it labels metrics)",
         ));
     }
     if !r.path_prefix.starts_with('/') || r.path_prefix.contains(['?', '#']) {

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Request, Response, Version};
+use http::{Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
@@ -53,33 +53,46 @@ impl Proxy {
     /// The hyper service entry point: never fails, every outcome is a response.
     pub async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         conn: ConnInfo,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
         let request_id = rewrite::request_id(req.headers());
-        let route = self
+        if let Some(path) = route::normalize_path(req.uri().path()) {
+            if let Err(refusal) = replace_path(&mut req, &path) {
+                return Ok(self.refuse(&refusal, None, request_id, started));
+            }
+        }
+        let route = match self
             .router
             .find(req.method(), request_host(&req), req.uri().path())
-            .cloned();
-
-        let outcome = match &route {
-            Some(route) => self.forward(route, req, &conn, &request_id).await,
-            None => Err(Refusal::NoRoute),
+        {
+            Some(route) => route.clone(),
+            None => return Ok(self.refuse(&Refusal::NoRoute, None, request_id, started)),
         };
-        let mut response = match outcome {
+        let mut response = match self.forward(&route, req, &conn, &request_id).await {
             Ok(response) => response.map(Either::Left),
-            Err(refusal) => refusal::render(&refusal, &request_id).map(Either::Right),
+            Err(refusal) => return Ok(self.refuse(&refusal, Some(&route), request_id, started)),
         };
         response
             .headers_mut()
             .insert(rewrite::X_REQUEST_ID, request_id);
-
-        let route_label = route
-            .as_ref()
-            .map_or(telemetry::NO_ROUTE_LABEL, |r| &r.name);
-        telemetry::record_http_request(route_label, response.status(), started.elapsed());
+        telemetry::record_http_request(&route.name, response.status(), started.elapsed());
         Ok(response)
+    }
+
+    /// respond + record for a request that ends in a refusal.
+    fn refuse(
+        &self,
+        refusal: &Refusal,
+        route: Option<&RouteConfig>,
+        request_id: HeaderValue,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        let response = refusal::render(refusal, &request_id).map(Either::Right);
+        let route_label = route.map_or(telemetry::NO_ROUTE_LABEL, |r| &r.name);
+        telemetry::record_http_request(route_label, response.status(), started.elapsed());
+        response
     }
 
     /// rewrite → forward → upstream response, for a request that matched `route`.
@@ -90,7 +103,11 @@ impl Proxy {
         conn: &ConnInfo,
         request_id: &HeaderValue,
     ) -> Result<Response<Incoming>, Refusal> {
-        let upgrade = req.version() == Version::HTTP_11 && rewrite::wants_upgrade(req.headers());
+        // Upgrades are an HTTP/1.1 mechanism on both sides; on an HTTP/2 upstream the
+        // request goes through as a plain request without its upgrade headers.
+        let upgrade = req.version() == Version::HTTP_11
+            && !route.upstream_http2
+            && rewrite::wants_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
         let original_host = request_host_value(&req);
@@ -101,7 +118,7 @@ impl Proxy {
         )
         .map_err(|e| {
             tracing::debug!(error = %e, "request path cannot be forwarded");
-            Refusal::NoRoute
+            Refusal::BadRequest
         })?;
 
         let headers = req.headers_mut();
@@ -161,18 +178,31 @@ impl Proxy {
     }
 }
 
-/// The host the client addressed: `Host` for HTTP/1, `:authority` for HTTP/2.
+/// The host the client addressed: the request target's authority when it has one
+/// (HTTP/2 `:authority`, HTTP/1 absolute form — RFC 9112 §3.2.2 says it wins), else `Host`.
 fn request_host<B>(req: &Request<B>) -> Option<&str> {
-    req.headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+    req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
 }
 
 fn request_host_value<B>(req: &Request<B>) -> Option<HeaderValue> {
-    req.headers().get(header::HOST).cloned().or_else(|| {
-        req.uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    })
+    match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
+    }
+}
+
+/// Swaps the request's path for `path`, keeping the query.
+fn replace_path<B>(req: &mut Request<B>, path: &str) -> Result<(), Refusal> {
+    let mut parts = req.uri().clone().into_parts();
+    let pq = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    parts.path_and_query = Some(pq.parse().map_err(|_| Refusal::BadRequest)?);
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| Refusal::BadRequest)?;
+    Ok(())
 }

@@ -10,13 +10,17 @@ use super::rewrite::X_REQUEST_ID;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
+    /// A request the gateway cannot make sense of (it never reaches an upstream).
+    BadRequest,
     MissingKey,
     InvalidKey,
     KeyExpired,
     KeyDisabled,
     UserInactive,
     InsufficientPermissions,
-    RateLimited { retry_after_secs: u64 },
+    RateLimited {
+        retry_after_secs: u64,
+    },
     AuthUnavailable,
     NoRoute,
     UpstreamUnavailable,
@@ -27,6 +31,7 @@ impl Refusal {
     /// The stable `error.code` of CONTRACT §5; also the `result` label of auth metrics.
     pub fn code(&self) -> &'static str {
         match self {
+            Refusal::BadRequest => "invalid_request",
             Refusal::MissingKey => "missing_key",
             Refusal::InvalidKey => "invalid_key",
             Refusal::KeyExpired => "key_expired",
@@ -43,6 +48,7 @@ impl Refusal {
 
     pub fn status(&self) -> StatusCode {
         match self {
+            Refusal::BadRequest => StatusCode::BAD_REQUEST,
             Refusal::MissingKey | Refusal::InvalidKey => StatusCode::UNAUTHORIZED,
             Refusal::KeyExpired
             | Refusal::KeyDisabled
@@ -60,6 +66,7 @@ impl Refusal {
     /// beyond the code, so a caller cannot probe for existing keys.
     pub fn message(&self) -> &'static str {
         match self {
+            Refusal::BadRequest => "the request cannot be forwarded as sent",
             Refusal::MissingKey => "this route needs an API key",
             Refusal::InvalidKey => "the API key is not valid",
             Refusal::KeyExpired => "the API key has expired",
@@ -138,6 +145,7 @@ mod tests {
     #[test]
     fn every_refusal_maps_to_the_contract_status_and_code() {
         let table = [
+            (Refusal::BadRequest, 400, "invalid_request"),
             (Refusal::MissingKey, 401, "missing_key"),
             (Refusal::InvalidKey, 401, "invalid_key"),
             (Refusal::KeyExpired, 403, "key_expired"),

@@ -34,6 +34,54 @@ impl Router {
     }
 }
 
+/// Resolves `.` and `..` segments (RFC 3986 §5.2.4, also when written `%2e`) so that the
+/// path routed on is the path the upstream serves: `/public/../admin` must not pass as
+/// `/public`. Returns `None` when the path is already normal, the common case.
+pub fn normalize_path(path: &str) -> Option<String> {
+    // Every dot segment starts right after a `/`, as `.` or as `%2e`/`%2E`.
+    if !(path.contains("/.") || path.contains("/%2")) {
+        return None;
+    }
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    if !segments.iter().any(|seg| dot_segment(seg).is_some()) {
+        return None;
+    }
+    let mut out: Vec<&str> = Vec::with_capacity(segments.len());
+    for (i, seg) in segments.iter().enumerate() {
+        match dot_segment(seg) {
+            None => {
+                out.push(seg);
+                continue;
+            }
+            Some(DotSegment::Parent) => {
+                out.pop();
+            }
+            Some(DotSegment::Current) => {}
+        }
+        // `/a/b/..` names the directory `/a/`: keep the trailing slash.
+        if i + 1 == segments.len() {
+            out.push("");
+        }
+    }
+    Some(format!("/{}", out.join("/")))
+}
+
+enum DotSegment {
+    Current,
+    Parent,
+}
+
+fn dot_segment(seg: &str) -> Option<DotSegment> {
+    if seg.len() > 6 {
+        return None;
+    }
+    match seg.to_ascii_lowercase().replace("%2e", ".").as_str() {
+        "." => Some(DotSegment::Current),
+        ".." => Some(DotSegment::Parent),
+        _ => None,
+    }
+}
+
 /// `/api` matches `/api`, `/api/` and `/api/x`, but not `/apiary`: prefixes end at a segment.
 fn path_matches(prefix: &str, path: &str) -> bool {
     match path.strip_prefix(prefix) {
@@ -115,6 +163,31 @@ mod tests {
         assert_eq!(name(&r, "GET", None, "/apiary"), None);
         assert_eq!(name(&r, "GET", None, "/static"), None);
         assert_eq!(name(&r, "GET", None, "/"), None);
+    }
+
+    #[test]
+    fn dot_segments_are_resolved_before_routing() {
+        assert_eq!(normalize_path("/api/v1/items"), None);
+        assert_eq!(normalize_path("/a..b/.well-known/x"), None);
+        assert_eq!(
+            normalize_path("/public/../admin/x").as_deref(),
+            Some("/admin/x")
+        );
+        assert_eq!(
+            normalize_path("/public/%2e%2e/admin").as_deref(),
+            Some("/admin")
+        );
+        assert_eq!(
+            normalize_path("/public/%2E./admin").as_deref(),
+            Some("/admin")
+        );
+        assert_eq!(normalize_path("/./a/./b").as_deref(), Some("/a/b"));
+        assert_eq!(
+            normalize_path("/../../etc/passwd").as_deref(),
+            Some("/etc/passwd")
+        );
+        assert_eq!(normalize_path("/a/b/..").as_deref(), Some("/a/"));
+        assert_eq!(normalize_path("/a/.").as_deref(), Some("/a/"));
     }
 
     #[test]
