@@ -7,15 +7,18 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{Authenticator, Verifier};
 use crate::config::Config;
 use crate::proxy::Proxy;
 use crate::server::{self, ConnOptions};
 use crate::status::{Health, Status};
+use crate::store::{self, Store};
 use crate::{telemetry, tls};
 
 /// The status listener keeps answering (`/readyz` 503) while the proxy drains; it gets this
 /// long of its own to finish once the proxy is done.
 const STATUS_GRACE: Duration = Duration::from_secs(1);
+const STORE_PING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs the gateway until SIGTERM/SIGINT, then drains and returns.
 pub async fn run(config: Config) -> Result<(), String> {
@@ -23,7 +26,12 @@ pub async fn run(config: Config) -> Result<(), String> {
     let health = Arc::new(Health::default());
     let tunnels = TaskTracker::new();
 
-    let proxy = Arc::new(Proxy::new(&config, tunnels.clone()).map_err(|e| e.to_string())?);
+    let store = store::open(&config.store)
+        .await
+        .map_err(|e| format!("cannot open the {:?} store: {e}", config.store.backend))?;
+    let verifier = Arc::new(Verifier::new(store.clone(), &config.cache));
+    let auth = Arc::new(Authenticator::new(&config, verifier));
+    let proxy = Arc::new(Proxy::new(&config, auth, tunnels.clone()).map_err(|e| e.to_string())?);
     let proxy_options = ConnOptions {
         header_read_timeout: config.proxy.header_read_timeout,
         max_header_bytes: config.proxy.max_header_bytes,
@@ -67,8 +75,8 @@ pub async fn run(config: Config) -> Result<(), String> {
         STATUS_GRACE,
     ));
 
-    health.set_ready();
-    tracing::info!(routes = config.routes.len(), "keygate ready");
+    let stop_watch = CancellationToken::new();
+    let watch_task = tokio::spawn(watch_store(store, health.clone(), stop_watch.clone()));
 
     shutdown_signal().await;
     let deadline = Instant::now() + config.shutdown.delay + grace;
@@ -88,10 +96,42 @@ pub async fn run(config: Config) -> Result<(), String> {
             "grace period over; closing open tunnels"
         );
     }
+    stop_watch.cancel();
+    let _ = watch_task.await;
     stop_status.cancel();
     let _ = status_task.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Pings the store every second: the first answer makes `/readyz` ready (listeners are
+/// bound by then), and later pings keep `keygate_store_up` current during quiet periods.
+/// An outage after that does not make the gateway unready: cached keys keep working.
+async fn watch_store(store: Arc<dyn Store>, health: Arc<Health>, stop: CancellationToken) {
+    let mut announced = false;
+    let mut last_ok = true;
+    loop {
+        let result = store.ping().await;
+        match (&result, announced) {
+            (Ok(()), false) => {
+                health.set_ready();
+                announced = true;
+                tracing::info!(store = store.backend(), "store answered; keygate ready");
+            }
+            (Err(e), _) if last_ok => {
+                tracing::warn!(store = store.backend(), error = %e, "store unreachable")
+            }
+            (Ok(()), true) if !last_ok => {
+                tracing::info!(store = store.backend(), "store reachable again")
+            }
+            _ => {}
+        }
+        last_ok = result.is_ok();
+        tokio::select! {
+            () = tokio::time::sleep(STORE_PING_INTERVAL) => {}
+            () = stop.cancelled() => return,
+        }
+    }
 }
 
 /// Resolves on SIGTERM (Kubernetes, systemd) or SIGINT (Ctrl-C).

@@ -10,10 +10,17 @@ use http::StatusCode;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::config::{LogConfig, LogFormat};
+use crate::store::StoreError;
 
 pub const HTTP_REQUESTS_TOTAL: &str = "keygate_http_requests_total";
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "keygate_http_request_duration_seconds";
 pub const UPSTREAM_REQUEST_DURATION_SECONDS: &str = "keygate_upstream_request_duration_seconds";
+
+pub const AUTH_DECISIONS_TOTAL: &str = "keygate_auth_decisions_total";
+pub const AUTH_CACHE_LOOKUPS_TOTAL: &str = "keygate_auth_cache_lookups_total";
+pub const STORE_REQUESTS_TOTAL: &str = "keygate_store_requests_total";
+pub const STORE_REQUEST_DURATION_SECONDS: &str = "keygate_store_request_duration_seconds";
+pub const STORE_UP: &str = "keygate_store_up";
 
 /// The `route` label of requests that matched no route.
 pub const NO_ROUTE_LABEL: &str = "_none";
@@ -60,6 +67,32 @@ pub fn record_http_request(route: &str, status: StatusCode, elapsed: Duration) {
 pub fn record_upstream_duration(route: &str, elapsed: Duration) {
     metrics::histogram!(UPSTREAM_REQUEST_DURATION_SECONDS, "route" => route.to_owned())
         .record(elapsed);
+}
+
+/// `result` is `ok`, `anonymous`, or a refusal code.
+pub fn record_auth_decision(result: &'static str) {
+    metrics::counter!(AUTH_DECISIONS_TOTAL, "result" => result).increment(1);
+}
+
+/// `result` is `hit`, `miss`, `negative_hit` or `stale`.
+pub fn record_cache_lookup(result: &'static str) {
+    metrics::counter!(AUTH_CACHE_LOOKUPS_TOTAL, "result" => result).increment(1);
+}
+
+pub fn record_store_request<T>(
+    op: &'static str,
+    result: &Result<T, StoreError>,
+    elapsed: Duration,
+) {
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(e) if e.is_unavailable() => "unavailable",
+        // NotFound/Conflict are answers, not faults: the store was reached.
+        Err(_) => "error",
+    };
+    metrics::counter!(STORE_REQUESTS_TOTAL, "op" => op, "result" => outcome).increment(1);
+    metrics::histogram!(STORE_REQUEST_DURATION_SECONDS, "op" => op).record(elapsed);
+    metrics::gauge!(STORE_UP).set(if outcome == "unavailable" { 0.0 } else { 1.0 });
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides the configured level.

@@ -550,20 +550,10 @@ fn validate_route(path: &str, r: &raw::RawRoute) -> Result<RouteConfig, ConfigEr
         ),
     };
     let upstream = upstream_target(&format!("{path}.upstream"), &r.upstream)?;
-    if r.auth != AuthMode::None {
-        // The key-checking stage does not exist in this build; refusing at load is the only
-        // safe answer — a route that says `required` must never be served unauthenticated.
+    if !r.require.is_empty() && r.auth != AuthMode::Required {
         return Err(invalid(
-            format!("{path}.auth"),
-            format!(
-                "`{}` needs API-key checking, which this build does not have yet; \
-                 set `auth: none` for an open route",
-                if r.auth == AuthMode::Required {
-                    "required"
-                } else {
-                    "optional"
-                }
-            ),
+            format!("{path}.require"),
+            "needs `auth: required`: only a checked key has permissions",
         ));
     }
     for (i, perm) in r.require.iter().enumerate() {
@@ -701,10 +691,12 @@ mod tests {
     }
 
     #[test]
-    fn authenticated_routes_are_refused_until_key_checking_exists() {
-        let (path, msg) = error_of(&MINIMAL.replace("    auth: none\n", ""));
-        assert_eq!(path, "routes[0].auth");
-        assert!(msg.contains("auth: none"), "{msg}");
+    fn auth_defaults_to_required_and_require_needs_it() {
+        let c = Config::from_yaml(&MINIMAL.replace("    auth: none\n", ""), &no_env).unwrap();
+        assert_eq!(c.routes[0].auth, AuthMode::Required);
+        let (path, msg) = error_of(&format!("{MINIMAL}    require: [orders:read]\n"));
+        assert_eq!(path, "routes[0].require");
+        assert!(msg.contains("auth: required"), "{msg}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The data plane. One request takes one straight path through these stages:
 //!
-//! route → (authenticate → authorize: the keys stage) → rewrite → forward → respond → record
+//! route → authenticate → authorize → rewrite → forward → respond → record
 //!
 //! Each stage lives in its own module; failures are [`Refusal`]s rendered in `refusal.rs`.
 
@@ -21,6 +21,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{Authenticator, IdentityHeaders};
 use crate::config::{Config, RouteConfig};
 use crate::server::ConnInfo;
 use crate::telemetry;
@@ -34,18 +35,24 @@ pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
 pub struct Proxy {
     router: Router,
+    auth: Arc<Authenticator>,
+    identity: IdentityHeaders,
     upstreams: Upstreams,
-    identity_prefix: String,
     /// Upgraded connections (WebSocket) outlive their request; shutdown waits for them here.
     tunnels: TaskTracker,
 }
 
 impl Proxy {
-    pub fn new(config: &Config, tunnels: TaskTracker) -> io::Result<Self> {
+    pub fn new(
+        config: &Config,
+        auth: Arc<Authenticator>,
+        tunnels: TaskTracker,
+    ) -> io::Result<Self> {
         Ok(Self {
             router: Router::new(&config.routes),
+            auth,
+            identity: IdentityHeaders::new(&config.identity.header_prefix),
             upstreams: Upstreams::new(&config.upstream)?,
-            identity_prefix: config.identity.header_prefix.clone(),
             tunnels,
         })
     }
@@ -95,7 +102,7 @@ impl Proxy {
         response
     }
 
-    /// rewrite → forward → upstream response, for a request that matched `route`.
+    /// authenticate → authorize → rewrite → forward, for a request that matched `route`.
     async fn forward(
         &self,
         route: &Arc<RouteConfig>,
@@ -105,6 +112,9 @@ impl Proxy {
     ) -> Result<Response<Incoming>, Refusal> {
         // Upgrades are an HTTP/1.1 mechanism on both sides; on an HTTP/2 upstream the
         // request goes through as a plain request without its upgrade headers.
+        let caller = self.auth.authenticate(route.auth, req.headers()).await?;
+        self.auth.authorize(&caller, &route.require)?;
+
         let upgrade = req.version() == Version::HTTP_11
             && !route.upstream_http2
             && rewrite::wants_upgrade(req.headers());
@@ -123,7 +133,9 @@ impl Proxy {
 
         let headers = req.headers_mut();
         rewrite::strip_hop_by_hop(headers, upgrade);
-        rewrite::strip_identity_headers(headers, &self.identity_prefix);
+        self.auth.strip_credentials(headers);
+        rewrite::strip_identity_headers(headers, &self.identity.prefix);
+        self.identity.add(headers, &caller);
         rewrite::set_forwarding_headers(
             headers,
             &ClientSide {

@@ -342,3 +342,5 @@ pub fn metric_value(metrics_text: &str, series: &str) -> Option<f64> {
             .ok()
     })
 }
+
+pub mod redis;

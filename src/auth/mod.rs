@@ -1,0 +1,318 @@
+//! Authentication and authorization of proxied requests.
+//!
+//! extract the key (headers, bearer) → check its format and checksum → verify it
+//! (cache → store) → authorize against the route's `require` → tell the upstream who it is.
+
+pub mod key;
+pub mod permissions;
+pub mod verifier;
+
+use std::sync::Arc;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
+
+use crate::config::{AuthMode, Config};
+use crate::proxy::Refusal;
+use crate::telemetry;
+use key::KeyHash;
+pub use verifier::{Principal, Verifier};
+
+/// Who is calling, as far as the upstream is told.
+pub enum Caller {
+    /// `auth: none` route: nothing was checked, nothing is claimed.
+    Unchecked,
+    /// `auth: optional` route without a key.
+    Anonymous,
+    Key(Principal),
+}
+
+/// What the client presented as its key.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Presented<'a> {
+    Nothing,
+    One(&'a str),
+    /// Two different keys, or a key header that is not text: refused as `invalid_key`.
+    Ambiguous,
+}
+
+/// The names of the identity headers, made from `identity.header_prefix` once.
+pub struct IdentityHeaders {
+    pub prefix: String,
+    pub key_id: HeaderName,
+    pub key_name: HeaderName,
+    pub tenant: HeaderName,
+    pub user: HeaderName,
+    pub groups: HeaderName,
+    pub permissions: HeaderName,
+    pub anonymous: HeaderName,
+}
+
+impl IdentityHeaders {
+    pub fn new(prefix: &str) -> Self {
+        let name = |suffix: &str| {
+            HeaderName::from_bytes(format!("{prefix}{suffix}").to_ascii_lowercase().as_bytes())
+                .expect("config validation checked the prefix")
+        };
+        Self {
+            prefix: prefix.to_owned(),
+            key_id: name("Key-Id"),
+            key_name: name("Key-Name"),
+            tenant: name("Tenant"),
+            user: name("User"),
+            groups: name("Groups"),
+            permissions: name("Permissions"),
+            anonymous: name("Anonymous"),
+        }
+    }
+
+    /// Adds the caller's identity; run after the client's own identity headers were removed.
+    pub fn add(&self, headers: &mut HeaderMap, caller: &Caller) {
+        match caller {
+            Caller::Unchecked => {}
+            Caller::Anonymous => {
+                headers.insert(self.anonymous.clone(), HeaderValue::from_static("true"));
+            }
+            Caller::Key(p) => {
+                headers.insert(self.key_id.clone(), p.key.id_header.clone());
+                headers.insert(self.key_name.clone(), p.key.name_header.clone());
+                headers.insert(self.tenant.clone(), p.user.tenant_header.clone());
+                headers.insert(self.user.clone(), p.user.user_header.clone());
+                headers.insert(self.groups.clone(), p.user.groups_header.clone());
+                headers.insert(self.permissions.clone(), p.permissions_header().clone());
+            }
+        }
+    }
+}
+
+/// The authenticate and authorize stages, shared by every route.
+pub struct Authenticator {
+    verifier: Arc<Verifier>,
+    key_prefix: String,
+    key_headers: Vec<HeaderName>,
+    bearer: bool,
+}
+
+impl Authenticator {
+    pub fn new(config: &Config, verifier: Arc<Verifier>) -> Self {
+        Self {
+            verifier,
+            key_prefix: config.keys.prefix.clone(),
+            key_headers: config.keys.headers.clone(),
+            bearer: config.keys.authorization_bearer,
+        }
+    }
+
+    pub fn verifier(&self) -> &Arc<Verifier> {
+        &self.verifier
+    }
+
+    /// Decides who the caller is under `mode`. Records the decision metric.
+    pub async fn authenticate(
+        &self,
+        mode: AuthMode,
+        headers: &HeaderMap,
+    ) -> Result<Caller, Refusal> {
+        if mode == AuthMode::None {
+            return Ok(Caller::Unchecked);
+        }
+        let outcome = match self.presented(headers) {
+            Presented::Nothing if mode == AuthMode::Optional => Ok(Caller::Anonymous),
+            Presented::Nothing => Err(Refusal::MissingKey),
+            Presented::Ambiguous => Err(Refusal::InvalidKey),
+            Presented::One(secret) => match key::check(secret, &self.key_prefix) {
+                // Garbage costs a checksum and nothing else: no cache entry, no store call.
+                Err(_) => Err(Refusal::InvalidKey),
+                Ok(()) => self
+                    .verifier
+                    .verify(&KeyHash::of(secret))
+                    .await
+                    .map(Caller::Key),
+            },
+        };
+        if let Err(refusal) = &outcome {
+            telemetry::record_auth_decision(refusal.code());
+        }
+        outcome
+    }
+
+    /// Checks the route's `require` list and records the final decision.
+    pub fn authorize(&self, caller: &Caller, require: &[String]) -> Result<(), Refusal> {
+        let result = match caller {
+            Caller::Unchecked => return Ok(()),
+            Caller::Anonymous => {
+                telemetry::record_auth_decision("anonymous");
+                return Ok(());
+            }
+            Caller::Key(p) if permissions::satisfies(p.permissions(), require) => Ok(()),
+            Caller::Key(_) => Err(Refusal::InsufficientPermissions),
+        };
+        telemetry::record_auth_decision(match &result {
+            Ok(()) => "ok",
+            Err(r) => r.code(),
+        });
+        result
+    }
+
+    /// The key(s) in the configured headers and in `Authorization: Bearer`. A bearer token
+    /// without our prefix is the upstream's business and is ignored.
+    pub fn presented<'a>(&self, headers: &'a HeaderMap) -> Presented<'a> {
+        let mut found: Option<&'a str> = None;
+        let mut take = |candidate: Option<&'a str>| -> bool {
+            match (candidate.map(str::trim), found) {
+                (None, _) => false,
+                (Some(c), Some(f)) => c != f,
+                (Some(c), None) => {
+                    found = Some(c);
+                    false
+                }
+            }
+        };
+        for name in &self.key_headers {
+            for value in headers.get_all(name) {
+                // A key header that is not text cannot hold a key: refuse, don't ignore.
+                let Ok(text) = value.to_str() else {
+                    return Presented::Ambiguous;
+                };
+                if take(Some(text)) {
+                    return Presented::Ambiguous;
+                }
+            }
+        }
+        if self.bearer {
+            for value in headers.get_all(AUTHORIZATION) {
+                if take(self.bearer_key(value)) {
+                    return Presented::Ambiguous;
+                }
+            }
+        }
+        match found {
+            Some(secret) => Presented::One(secret),
+            None => Presented::Nothing,
+        }
+    }
+
+    /// Removes the key from the request: every configured key header, and `Authorization`
+    /// when it carried one of our keys.
+    pub fn strip_credentials(&self, headers: &mut HeaderMap) {
+        for name in &self.key_headers {
+            headers.remove(name);
+        }
+        if self.bearer
+            && headers
+                .get_all(AUTHORIZATION)
+                .iter()
+                .any(|v| self.bearer_key(v).is_some())
+        {
+            let others: Vec<HeaderValue> = headers
+                .get_all(AUTHORIZATION)
+                .iter()
+                .filter(|v| self.bearer_key(v).is_none())
+                .cloned()
+                .collect();
+            headers.remove(AUTHORIZATION);
+            for v in others {
+                headers.append(AUTHORIZATION, v);
+            }
+        }
+    }
+
+    fn bearer_key<'a>(&self, value: &'a HeaderValue) -> Option<&'a str> {
+        let text = value.to_str().ok()?.trim();
+        let (scheme, token) = text.split_once(' ')?;
+        let token = token.trim();
+        (scheme.eq_ignore_ascii_case("bearer") && key::has_prefix(token, &self.key_prefix))
+            .then_some(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authenticator() -> Authenticator {
+        let config = Config::from_yaml(
+            "keys: { headers: [X-API-Key, X-Alt-Key] }\nroutes:\n  - { name: a, upstream: 'http://x', auth: none }\n",
+            &|_| None,
+        )
+        .unwrap();
+        let store = Arc::new(
+            crate::store::embedded::EmbeddedStore::open(
+                &tempfile::tempdir().unwrap().keep().join("k.db"),
+            )
+            .unwrap(),
+        );
+        Authenticator::new(&config, Arc::new(Verifier::new(store, &config.cache)))
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn finds_the_key_in_any_configured_place() {
+        let a = authenticator();
+        assert_eq!(
+            a.presented(&headers(&[("x-api-key", "kg_one")])),
+            Presented::One("kg_one")
+        );
+        assert_eq!(
+            a.presented(&headers(&[("x-alt-key", "kg_one")])),
+            Presented::One("kg_one")
+        );
+        assert_eq!(
+            a.presented(&headers(&[("authorization", "Bearer kg_one")])),
+            Presented::One("kg_one")
+        );
+        assert_eq!(
+            a.presented(&headers(&[("authorization", "bearer  kg_one ")])),
+            Presented::One("kg_one")
+        );
+        assert_eq!(a.presented(&headers(&[])), Presented::Nothing);
+    }
+
+    #[test]
+    fn the_same_key_twice_is_fine_two_different_keys_are_not() {
+        let a = authenticator();
+        let same = headers(&[("x-api-key", "kg_one"), ("authorization", "Bearer kg_one")]);
+        assert_eq!(a.presented(&same), Presented::One("kg_one"));
+        let two = headers(&[("x-api-key", "kg_one"), ("authorization", "Bearer kg_two")]);
+        assert_eq!(a.presented(&two), Presented::Ambiguous);
+        let dup = headers(&[("x-api-key", "kg_one"), ("x-api-key", "kg_two")]);
+        assert_eq!(a.presented(&dup), Presented::Ambiguous);
+    }
+
+    #[test]
+    fn foreign_bearer_tokens_are_left_for_the_upstream() {
+        let a = authenticator();
+        let mut h = headers(&[
+            ("authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.x"),
+            ("x-api-key", "kg_one"),
+        ]);
+        assert_eq!(a.presented(&h), Presented::One("kg_one"));
+        a.strip_credentials(&mut h);
+        assert_eq!(
+            h.get(AUTHORIZATION).unwrap(),
+            "Bearer eyJhbGciOiJIUzI1NiJ9.e30.x"
+        );
+        assert!(h.get("x-api-key").is_none());
+
+        let mut h = headers(&[("authorization", "Bearer kg_one")]);
+        a.strip_credentials(&mut h);
+        assert!(h.get(AUTHORIZATION).is_none());
+    }
+
+    #[test]
+    fn non_text_key_header_is_ambiguous() {
+        let a = authenticator();
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", HeaderValue::from_bytes(b"kg_\xff").unwrap());
+        assert_eq!(a.presented(&h), Presented::Ambiguous);
+    }
+}

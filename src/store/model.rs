@@ -1,0 +1,83 @@
+//! What the store holds: keys (by SHA-256 of the secret), users and groups. Tenants are a
+//! field of users, groups and keys, not records of their own.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::key::KeyHash;
+
+/// The tenant of users and groups created without one.
+pub const DEFAULT_TENANT: &str = "default";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub id: String,
+    pub hash: KeyHash,
+    /// The first characters of the secret, to recognise it in a list.
+    pub start: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// The user the key belongs to; the key has that user's permissions.
+    pub owner: String,
+    pub tenant: String,
+    pub enabled: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// When set, the key has only these of its owner's permissions.
+    #[serde(default)]
+    pub permissions: Option<Vec<String>>,
+    pub created_by: String,
+    #[serde(default)]
+    pub meta: Option<serde_json::Value>,
+}
+
+impl KeyRecord {
+    pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub id: String,
+    pub tenant: String,
+    #[serde(default)]
+    pub name: String,
+    pub active: bool,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub permissions: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Group {
+    pub id: String,
+    pub tenant: String,
+    #[serde(default)]
+    pub permissions: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A user with the groups it names that exist (a deleted group grants nothing).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserBundle {
+    pub user: User,
+    pub groups: Vec<Group>,
+}
+
+/// Everything the data plane needs for a key it has not cached, loaded in one go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyBundle {
+    pub key: KeyRecord,
+    /// `None` when the owner no longer exists: the key then works for no one.
+    pub owner: Option<UserBundle>,
+}
