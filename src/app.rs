@@ -7,12 +7,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::{self, AdminState};
 use crate::auth::{Authenticator, Verifier};
-use crate::config::Config;
+use crate::config::{Config, StoreBackend};
+use crate::events::{self, Events};
 use crate::proxy::Proxy;
 use crate::server::{self, ConnOptions};
 use crate::status::{Health, Status};
 use crate::store::{self, Store};
+use crate::usage::{self, Usage};
 use crate::{telemetry, tls};
 
 /// The status listener keeps answering (`/readyz` 503) while the proxy drains; it gets this
@@ -30,8 +33,41 @@ pub async fn run(config: Config) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot open the {:?} store: {e}", config.store.backend))?;
     let verifier = Arc::new(Verifier::new(store.clone(), &config.cache));
-    let auth = Arc::new(Authenticator::new(&config, verifier));
-    let proxy = Arc::new(Proxy::new(&config, auth, tunnels.clone()).map_err(|e| e.to_string())?);
+    let auth = Arc::new(Authenticator::new(&config, verifier.clone()));
+    let usage = Arc::new(Usage::default());
+    let proxy = Arc::new(
+        Proxy::new(&config, auth, usage.clone(), tunnels.clone()).map_err(|e| e.to_string())?,
+    );
+
+    // Background work stopped after the listeners drain: events, usage, store watch.
+    let stop_background = CancellationToken::new();
+    let mut background = Vec::new();
+    let events = match config.store.backend {
+        StoreBackend::Embedded => Events::in_process(verifier.clone()),
+        StoreBackend::Redis => {
+            let url = config.store.redis_url.expose().to_owned();
+            let channel = events::channel_for(&config.store.redis_key_prefix);
+            background.push(tokio::spawn(events::run_subscriber(
+                url.clone(),
+                channel.clone(),
+                verifier.clone(),
+                stop_background.clone(),
+            )));
+            Events::redis(verifier.clone(), &url, channel).map_err(|e| e.to_string())?
+        }
+    };
+    if config.admin.token.is_none() {
+        tracing::warn!(
+            variable = %config.admin.token_env,
+            "no bootstrap admin token set; only keys with keygate:admin can use the admin API"
+        );
+    }
+    let admin_router = admin::router(Arc::new(AdminState::new(
+        &config,
+        store.clone(),
+        verifier,
+        Arc::new(events),
+    )));
     let proxy_options = ConnOptions {
         header_read_timeout: config.proxy.header_read_timeout,
         max_header_bytes: config.proxy.max_header_bytes,
@@ -45,6 +81,9 @@ pub async fn run(config: Config) -> Result<(), String> {
             .map_err(|e| e.to_string())?,
     };
     let proxy_listener = server::bind("proxy", config.proxy.listen)
+        .await
+        .map_err(|e| e.to_string())?;
+    let admin_listener = server::bind("admin", config.admin.listen)
         .await
         .map_err(|e| e.to_string())?;
     let status_listener = server::bind("status", config.status.listen)
@@ -62,6 +101,14 @@ pub async fn run(config: Config) -> Result<(), String> {
         stop_proxy.clone(),
         grace,
     ));
+    let admin_task = tokio::spawn(server::serve(
+        "admin",
+        admin_listener,
+        ConnOptions::internal(),
+        admin::handler(admin_router),
+        stop_proxy.clone(),
+        grace,
+    ));
     let status = Arc::new(Status {
         health: health.clone(),
         metrics,
@@ -75,8 +122,16 @@ pub async fn run(config: Config) -> Result<(), String> {
         STATUS_GRACE,
     ));
 
-    let stop_watch = CancellationToken::new();
-    let watch_task = tokio::spawn(watch_store(store, health.clone(), stop_watch.clone()));
+    background.push(tokio::spawn(usage::run_flusher(
+        usage,
+        store.clone(),
+        stop_background.clone(),
+    )));
+    background.push(tokio::spawn(watch_store(
+        store,
+        health.clone(),
+        stop_background.clone(),
+    )));
 
     shutdown_signal().await;
     let deadline = Instant::now() + config.shutdown.delay + grace;
@@ -85,7 +140,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     tokio::time::sleep(config.shutdown.delay).await;
 
     stop_proxy.cancel();
-    let _ = proxy_task.await;
+    let _ = tokio::join!(proxy_task, admin_task);
     tunnels.close();
     if tokio::time::timeout_at(deadline, tunnels.wait())
         .await
@@ -96,8 +151,11 @@ pub async fn run(config: Config) -> Result<(), String> {
             "grace period over; closing open tunnels"
         );
     }
-    stop_watch.cancel();
-    let _ = watch_task.await;
+    // Last: the usage flusher writes what the drained requests recorded.
+    stop_background.cancel();
+    for task in background {
+        let _ = task.await;
+    }
     stop_status.cancel();
     let _ = status_task.await;
     tracing::info!("stopped");

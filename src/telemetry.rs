@@ -21,6 +21,8 @@ pub const AUTH_CACHE_LOOKUPS_TOTAL: &str = "keygate_auth_cache_lookups_total";
 pub const STORE_REQUESTS_TOTAL: &str = "keygate_store_requests_total";
 pub const STORE_REQUEST_DURATION_SECONDS: &str = "keygate_store_request_duration_seconds";
 pub const STORE_UP: &str = "keygate_store_up";
+pub const EVENTS_RECEIVED_TOTAL: &str = "keygate_events_received_total";
+pub const EVENT_PROPAGATION_SECONDS: &str = "keygate_event_propagation_seconds";
 
 /// The `route` label of requests that matched no route.
 pub const NO_ROUTE_LABEL: &str = "_none";
@@ -93,6 +95,11 @@ pub fn record_store_request<T>(
     metrics::counter!(STORE_REQUESTS_TOTAL, "op" => op, "result" => outcome).increment(1);
     metrics::histogram!(STORE_REQUEST_DURATION_SECONDS, "op" => op).record(elapsed);
     metrics::gauge!(STORE_UP).set(if outcome == "unavailable" { 0.0 } else { 1.0 });
+}
+
+pub fn record_event(kind: &'static str, lag: Duration) {
+    metrics::counter!(EVENTS_RECEIVED_TOTAL, "kind" => kind).increment(1);
+    metrics::histogram!(EVENT_PROPAGATION_SECONDS).record(lag);
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides the configured level.

@@ -97,22 +97,44 @@ pub fn generate(prefix: &str) -> Result<String, getrandom::Error> {
     let mut out = String::with_capacity(prefix.len() + 1 + RANDOM_LEN + CHECKSUM_LEN);
     out.push_str(prefix);
     out.push('_');
+    push_random_base62(&mut out, RANDOM_LEN)?;
+    let checksum = encode_checksum(crc32fast::hash(out.as_bytes()));
+    out.push_str(std::str::from_utf8(&checksum).expect("base62 is ASCII"));
+    Ok(out)
+}
+
+/// Appends `n` uniformly random base62 characters from the OS CSPRNG.
+pub fn push_random_base62(out: &mut String, n: usize) -> Result<(), getrandom::Error> {
     let mut filled = 0;
     let mut buf = [0u8; 64];
-    while filled < RANDOM_LEN {
+    while filled < n {
         getrandom::fill(&mut buf)?;
         // Rejection sampling: 248 = 4 × 62, so `b % 62` is uniform for b < 248.
         for &b in buf.iter().filter(|&&b| b < 248) {
-            if filled == RANDOM_LEN {
+            if filled == n {
                 break;
             }
             out.push(BASE62[(b % 62) as usize] as char);
             filled += 1;
         }
     }
-    let checksum = encode_checksum(crc32fast::hash(out.as_bytes()));
-    out.push_str(std::str::from_utf8(&checksum).expect("base62 is ASCII"));
-    Ok(out)
+    Ok(())
+}
+
+/// A key record id: `key_` + creation time (base62 ms, fixed width, so ids sort by age)
+/// + 8 random characters.
+pub fn new_key_id() -> Result<String, getrandom::Error> {
+    let mut ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+    let mut time = [b'0'; 8];
+    for slot in time.iter_mut().rev() {
+        *slot = BASE62[(ms % 62) as usize];
+        ms /= 62;
+    }
+    let mut id = String::with_capacity(20);
+    id.push_str("key_");
+    id.push_str(std::str::from_utf8(&time).expect("base62 is ASCII"));
+    push_random_base62(&mut id, 8)?;
+    Ok(id)
 }
 
 /// The first characters of a secret, shown in listings to recognise it.
@@ -176,6 +198,15 @@ mod tests {
             !format!("{h:?}").contains(&h.to_hex()),
             "Debug shows only a prefix of the hash"
         );
+    }
+
+    #[test]
+    fn key_ids_sort_by_creation_time() {
+        let a = new_key_id().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = new_key_id().unwrap();
+        assert_eq!(a.len(), 20);
+        assert!(a.starts_with("key_") && a < b, "{a} {b}");
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! every key of that user. Entries stay *fresh* for `cache.ttl`; after that the next
 //! request reloads them, and if the store is down it may keep using the old record for
 //! `cache.stale_if_error` more. Unknown keys are remembered for `cache.negative_ttl`.
+//! When invalidation events may have been missed, every entry is marked for revalidation.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,10 +29,19 @@ use crate::telemetry;
 pub enum KeyEntry {
     Known {
         key: Arc<CachedKey>,
-        fetched: Instant,
+        stamp: Stamp,
     },
     /// The store said no such key (or it was revoked).
-    Unknown { fetched: Instant },
+    Unknown {
+        stamp: Stamp,
+    },
+}
+
+/// When an entry was loaded, and in which cache epoch (see [`Verifier::revalidate_all`]).
+#[derive(Clone, Copy)]
+pub struct Stamp {
+    fetched: Instant,
+    epoch: u64,
 }
 
 /// The parts of a key record the data plane needs, with header values made once.
@@ -49,7 +60,7 @@ pub struct CachedKey {
 pub struct UserEntry {
     /// `None`: no such user (deleted); its keys work for no one.
     user: Option<Arc<CachedUser>>,
-    fetched: Instant,
+    stamp: Stamp,
 }
 
 /// A user with its groups resolved: effective permissions = own ∪ groups'.
@@ -120,16 +131,21 @@ struct Policy {
 
 /// Entries that carry their own load time and know whether they are negative.
 trait Cached: Send + Sync + 'static {
-    fn fetched(&self) -> Instant;
+    fn stamp(&self) -> Stamp;
     fn is_negative(&self) -> bool;
 
-    fn is_fresh(&self, now: Instant, p: &Policy) -> bool {
-        let age = now.saturating_duration_since(self.fetched());
-        age < if self.is_negative() {
-            p.negative_ttl
-        } else {
-            p.ttl
-        }
+    /// Fresh entries are used without asking the store. An entry from an earlier epoch is
+    /// never fresh, but can still stand in during an outage.
+    fn is_fresh(&self, now: Instant, epoch: u64, p: &Policy) -> bool {
+        let stamp = self.stamp();
+        let age = now.saturating_duration_since(stamp.fetched);
+        stamp.epoch == epoch
+            && age
+                < if self.is_negative() {
+                    p.negative_ttl
+                } else {
+                    p.ttl
+                }
     }
 
     /// How long moka keeps the entry: fresh time plus, for positive entries, the window in
@@ -144,9 +160,9 @@ trait Cached: Send + Sync + 'static {
 }
 
 impl Cached for KeyEntry {
-    fn fetched(&self) -> Instant {
+    fn stamp(&self) -> Stamp {
         match self {
-            KeyEntry::Known { fetched, .. } | KeyEntry::Unknown { fetched } => *fetched,
+            KeyEntry::Known { stamp, .. } | KeyEntry::Unknown { stamp } => *stamp,
         }
     }
     fn is_negative(&self) -> bool {
@@ -155,8 +171,8 @@ impl Cached for KeyEntry {
 }
 
 impl Cached for UserEntry {
-    fn fetched(&self) -> Instant {
-        self.fetched
+    fn stamp(&self) -> Stamp {
+        self.stamp
     }
     fn is_negative(&self) -> bool {
         self.user.is_none()
@@ -190,6 +206,9 @@ pub struct Verifier {
     keys: Cache<KeyHash, Arc<KeyEntry>>,
     users: Cache<String, Arc<UserEntry>>,
     policy: Policy,
+    /// Bumped when invalidation events may have been missed; entries of older epochs must
+    /// be revalidated with the store before use.
+    epoch: AtomicU64,
 }
 
 impl Verifier {
@@ -211,6 +230,7 @@ impl Verifier {
                 .support_invalidation_closures()
                 .build(),
             policy,
+            epoch: AtomicU64::new(0),
         }
     }
 
@@ -271,28 +291,37 @@ impl Verifier {
         });
     }
 
-    /// Forgets everything, e.g. after missing invalidation events.
-    pub fn evict_all(&self) {
-        self.keys.invalidate_all();
-        self.users.invalidate_all();
+    /// After invalidation events may have been missed: every cached entry must be checked
+    /// with the store before its next use. Unlike a flush, the old entries remain as the
+    /// `stale_if_error` fallback, so a store outage still serves the keys it served before.
+    pub fn revalidate_all(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn stamp_now(&self) -> Stamp {
+        Stamp {
+            fetched: Instant::now(),
+            epoch: self.epoch.load(Ordering::Acquire),
+        }
     }
 
     async fn key_entry(&self, hash: &KeyHash) -> Result<Arc<KeyEntry>, Refusal> {
         let load = || async {
-            let fetched = Instant::now();
+            // Stamped before the load: an epoch bump during it leaves the result unfresh.
+            let stamp = self.stamp_now();
             let Some(bundle) = self.store.load_key(hash).await? else {
-                return Ok(KeyEntry::Unknown { fetched });
+                return Ok(KeyEntry::Unknown { stamp });
             };
             // The same round trip brought the owner: cache it too.
             let owner = bundle.key.owner.clone();
-            let user = UserEntry::from_bundle(bundle.owner, fetched);
+            let user = UserEntry::from_bundle(bundle.owner, stamp);
             self.users.insert(owner, Arc::new(user)).await;
             Ok(KeyEntry::Known {
                 key: Arc::new(CachedKey::from_record(&bundle.key)),
-                fetched,
+                stamp,
             })
         };
-        let (entry, lookup) = read_through(&self.keys, hash, &self.policy, load)
+        let (entry, lookup) = read_through(&self.keys, hash, &self.epoch, &self.policy, load)
             .await
             .map_err(outage_refusal)?;
         telemetry::record_cache_lookup(lookup.label());
@@ -301,11 +330,11 @@ impl Verifier {
 
     async fn user_entry(&self, id: &str) -> Result<Arc<UserEntry>, Refusal> {
         let load = || async {
-            let fetched = Instant::now();
+            let stamp = self.stamp_now();
             let bundle = self.store.load_user(id).await?;
-            Ok(UserEntry::from_bundle(bundle, fetched))
+            Ok(UserEntry::from_bundle(bundle, stamp))
         };
-        let (entry, _) = read_through(&self.users, id, &self.policy, load)
+        let (entry, _) = read_through(&self.users, id, &self.epoch, &self.policy, load)
             .await
             .map_err(outage_refusal)?;
         Ok(entry)
@@ -324,6 +353,7 @@ fn outage_refusal(e: StoreError) -> Refusal {
 async fn read_through<K, Q, V, F, Fut>(
     cache: &Cache<K, Arc<V>>,
     key: &Q,
+    epoch: &AtomicU64,
     policy: &Policy,
     load: F,
 ) -> Result<(Arc<V>, Lookup), StoreError>
@@ -334,8 +364,9 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<V, StoreError>>,
 {
+    let fresh = |entry: &V| entry.is_fresh(Instant::now(), epoch.load(Ordering::Acquire), policy);
     if let Some(entry) = cache.get(key).await {
-        if entry.is_fresh(Instant::now(), policy) {
+        if fresh(&entry) {
             let lookup = if entry.is_negative() {
                 Lookup::NegativeHit
             } else {
@@ -351,10 +382,7 @@ where
             let failure = &mut failure;
             async move {
                 // Someone else may have refreshed it while we waited our turn.
-                if current
-                    .as_ref()
-                    .is_some_and(|e| e.value().is_fresh(Instant::now(), policy))
-                {
+                if current.as_ref().is_some_and(|e| fresh(e.value())) {
                     return Op::Nop;
                 }
                 match load().await {
@@ -401,7 +429,7 @@ impl CachedKey {
 }
 
 impl UserEntry {
-    fn from_bundle(bundle: Option<UserBundle>, fetched: Instant) -> Self {
+    fn from_bundle(bundle: Option<UserBundle>, stamp: Stamp) -> Self {
         let user = bundle.map(|b| {
             let mut groups: Vec<String> = b.groups.iter().map(|g| g.id.clone()).collect();
             groups.sort();
@@ -422,7 +450,7 @@ impl UserEntry {
                 permissions: permissions.into_boxed_slice(),
             })
         });
-        Self { user, fetched }
+        Self { user, stamp }
     }
 }
 

@@ -125,6 +125,7 @@ pub struct KeysConfig {
     pub headers: Vec<HeaderName>,
     pub authorization_bearer: bool,
     pub default_ttl: Duration,
+    pub allow_never_expires: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -244,18 +245,8 @@ fn parse_raw(text: &str) -> Result<RawConfig, ConfigError> {
                 message = rest.to_owned();
             }
         }
-        if let Some(key) = unknown_field_name(&message) {
-            // Depending on where serde noticed it, the path may stop at the parent.
-            if !path.ends_with(key) {
-                path = if path == "." {
-                    key.to_owned()
-                } else {
-                    format!("{path}.{key}")
-                };
-            }
-            let expected = message.split_once(", ").map_or("", |(_, rest)| rest);
-            message = format!("unknown key; {expected}");
-        }
+        let (located, message) = locate_unknown_field(path, message);
+        path = located;
         if path == "." {
             path = "(document)".into();
         }
@@ -263,9 +254,26 @@ fn parse_raw(text: &str) -> Result<RawConfig, ConfigError> {
     })
 }
 
-fn unknown_field_name(message: &str) -> Option<&str> {
-    let rest = message.strip_prefix("unknown field `")?;
-    rest.split_once('`').map(|(name, _)| name)
+/// serde reports an unknown key at its parent's path or at its own, depending on the format;
+/// returns the path that names the key itself and a message without serde's
+/// "unknown field" phrasing (the listed alternatives are kept). Shared with the admin API.
+pub(crate) fn locate_unknown_field(path: String, message: String) -> (String, String) {
+    let Some(key) = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(name, _)| name.to_owned())
+    else {
+        return (path, message);
+    };
+    let path = if path == "." {
+        key.clone()
+    } else if path == key || path.ends_with(&format!(".{key}")) {
+        path
+    } else {
+        format!("{path}.{key}")
+    };
+    let expected = message.split_once(", ").map_or("", |(_, rest)| rest);
+    (path, format!("unknown key; {expected}"))
 }
 
 fn redact_url_password(url: &str) -> String {
@@ -482,6 +490,7 @@ fn validate_keys(raw: &raw::RawKeys, identity: &IdentityConfig) -> Result<KeysCo
         headers,
         authorization_bearer: raw.authorization_bearer,
         default_ttl: positive("keys.default_ttl", raw.default_ttl)?,
+        allow_never_expires: raw.allow_never_expires,
     })
 }
 

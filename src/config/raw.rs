@@ -183,6 +183,8 @@ pub struct RawKeys {
     pub headers: Vec<String>,
     pub authorization_bearer: bool,
     pub default_ttl: HumanDuration,
+    /// Whether `POST /v1/keys` may ask for `never_expires: true`.
+    pub allow_never_expires: bool,
 }
 
 impl Default for RawKeys {
@@ -192,6 +194,7 @@ impl Default for RawKeys {
             headers: vec![DEFAULT_KEY_HEADER.into()],
             authorization_bearer: true,
             default_ttl: DEFAULT_KEY_TTL,
+            allow_never_expires: false,
         }
     }
 }

@@ -21,10 +21,11 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Authenticator, IdentityHeaders};
+use crate::auth::{Authenticator, Caller, IdentityHeaders};
 use crate::config::{Config, RouteConfig};
 use crate::server::ConnInfo;
 use crate::telemetry;
+use crate::usage::Usage;
 use forward::{ForwardError, Upstreams};
 pub use refusal::Refusal;
 use rewrite::ClientSide;
@@ -38,6 +39,7 @@ pub struct Proxy {
     auth: Arc<Authenticator>,
     identity: IdentityHeaders,
     upstreams: Upstreams,
+    usage: Arc<Usage>,
     /// Upgraded connections (WebSocket) outlive their request; shutdown waits for them here.
     tunnels: TaskTracker,
 }
@@ -46,6 +48,7 @@ impl Proxy {
     pub fn new(
         config: &Config,
         auth: Arc<Authenticator>,
+        usage: Arc<Usage>,
         tunnels: TaskTracker,
     ) -> io::Result<Self> {
         Ok(Self {
@@ -53,6 +56,7 @@ impl Proxy {
             auth,
             identity: IdentityHeaders::new(&config.identity.header_prefix),
             upstreams: Upstreams::new(&config.upstream)?,
+            usage,
             tunnels,
         })
     }
@@ -114,6 +118,9 @@ impl Proxy {
         // request goes through as a plain request without its upgrade headers.
         let caller = self.auth.authenticate(route.auth, req.headers()).await?;
         self.auth.authorize(&caller, &route.require)?;
+        if let Caller::Key(principal) = &caller {
+            self.usage.record(&principal.key.id);
+        }
 
         let upgrade = req.version() == Version::HTTP_11
             && !route.upstream_http2

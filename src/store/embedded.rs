@@ -1,10 +1,10 @@
 //! The embedded backend: one redb file, for a single instance that needs no Redis.
 //!
-//! Every record is stored as JSON (the same encoding as the Redis backend, so a dump from one
-//! reads in the other). Each trait method is one redb transaction: writes commit with redb's
-//! default durability (fsync before `commit` returns), so a write that answered `Ok` survives a
-//! crash, and a write that fails leaves nothing behind (the transaction is dropped, i.e.
-//! aborted). redb is synchronous, so every transaction runs on tokio's blocking pool.
+//! Every record is stored as JSON (`super::encode`, as the Redis backend does). Each trait
+//! method is one redb transaction: writes commit with redb's default durability (fsync before
+//! `commit` returns), so a write that answered `Ok` survives a crash, and a write that fails
+//! leaves nothing behind (the transaction is dropped, i.e. aborted). redb is synchronous, so
+//! every transaction runs on tokio's blocking pool.
 //!
 //! Layout:
 //! - `keys`: SHA-256 of the secret (32 bytes) → key JSON — the data-plane lookup;
@@ -13,22 +13,30 @@
 //! - `owner_keys`, `tenant_keys`: `(owner | tenant, key id)` → `()`. A tuple key sorts by its
 //!   first element, then by the second, so one tenant's (or owner's) keys are a contiguous run
 //!   in id order, and a page after a cursor is a single range scan starting at
-//!   `(tenant, cursor)`.
+//!   `(tenant, cursor)`;
+//! - `last_used`: key id → when the key was last used (unix millis). Kept apart from the key
+//!   record so the data plane's usage writes never race an admin's rewrite of the record; reads
+//!   merge it into `last_used_at`, and deleting a key removes its entry;
+//! - `audit`: sequence number → audit entry JSON. The sequence increases by one per append, and
+//!   the entry's id is that number zero-padded to 20 digits, so ids sort like the sequence;
+//! - `audit_tenants`: `(tenant, sequence)` → `()`, so one tenant's entries are a contiguous run
+//!   that reads newest first by iterating backwards.
 
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use redb::{
-    Database, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
-    WriteTransaction,
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
+    TableDefinition, WriteTransaction,
 };
 use serde::de::DeserializeOwned;
 
 use super::{
-    decode, encode, DeletedUser, Group, KeyBundle, KeyPage, KeyQuery, KeyRecord, Store, StoreError,
-    User, UserBundle,
+    decode, encode, AuditEntry, AuditPage, DeletedUser, Group, KeyBundle, KeyPage, KeyQuery,
+    KeyRecord, Store, StoreError, User, UserBundle, AUDIT_MAX_ENTRIES,
 };
 use crate::auth::key::KeyHash;
 
@@ -43,6 +51,13 @@ const USERS: RecordTable<&str> = TableDefinition::new("users");
 const GROUPS: RecordTable<&str> = TableDefinition::new("groups");
 const OWNER_KEYS: IndexTable = TableDefinition::new("owner_keys");
 const TENANT_KEYS: IndexTable = TableDefinition::new("tenant_keys");
+/// Key id → when the key was last used, in unix milliseconds.
+const LAST_USED: TableDefinition<'static, &str, i64> = TableDefinition::new("last_used");
+/// Sequence number → audit entry JSON.
+const AUDIT: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("audit");
+/// `(tenant, sequence number)` → nothing: the audit entries of each tenant.
+const AUDIT_TENANTS: TableDefinition<'static, (&str, u64), ()> =
+    TableDefinition::new("audit_tenants");
 
 /// Page size when a query asks for `limit: 0`.
 const DEFAULT_PAGE: usize = 100;
@@ -79,6 +94,13 @@ impl EmbeddedStore {
         create_tables(&db)
             .map_err(|e| StoreError::Other(format!("embedded store {shown}: {e}")))?;
         Ok(EmbeddedStore { db: Arc::new(db) })
+    }
+
+    /// [`Store::append_audit`], keeping at most `max` entries (at least the new one).
+    async fn append_audit_bounded(&self, entry: &AuditEntry, max: usize) -> Result<(), StoreError> {
+        let entry = entry.clone();
+        self.write(move |txn| append_audit_in(txn, entry, max))
+            .await
     }
 
     /// Runs `f` in a read transaction (a consistent snapshot) on the blocking pool.
@@ -121,6 +143,9 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
     txn.open_table(GROUPS)?;
     txn.open_table(OWNER_KEYS)?;
     txn.open_table(TENANT_KEYS)?;
+    txn.open_table(LAST_USED)?;
+    txn.open_table(AUDIT)?;
+    txn.open_table(AUDIT_TENANTS)?;
     txn.commit()?;
     Ok(())
 }
@@ -344,6 +369,7 @@ impl Pager {
 fn list_keys_in(txn: &ReadTransaction, query: &KeyQuery) -> Result<KeyPage, StoreError> {
     let keys = txn.open_table(KEYS).db()?;
     let ids = txn.open_table(KEY_IDS).db()?;
+    let last_used = txn.open_table(LAST_USED).db()?;
     let cursor = query.cursor.as_deref();
     let mut pager = Pager::new(query.limit);
     // Filter on the records too, so that with both filters set the owner index (the smaller
@@ -354,7 +380,7 @@ fn list_keys_in(txn: &ReadTransaction, query: &KeyQuery) -> Result<KeyPage, Stor
         };
         let matches = query.owner.as_deref().is_none_or(|o| o == key.owner)
             && query.tenant.as_deref().is_none_or(|t| t == key.tenant);
-        Ok(!matches || pager.offer(key))
+        Ok(!matches || pager.offer(with_last_used(&last_used, key)?))
     };
     match (&query.owner, &query.tenant) {
         (Some(owner), _) => {
@@ -378,6 +404,7 @@ struct KeyTables<'txn> {
     ids: Table<'txn, &'static str, &'static [u8]>,
     by_owner: Table<'txn, (&'static str, &'static str), ()>,
     by_tenant: Table<'txn, (&'static str, &'static str), ()>,
+    last_used: Table<'txn, &'static str, i64>,
 }
 
 impl<'txn> KeyTables<'txn> {
@@ -387,6 +414,7 @@ impl<'txn> KeyTables<'txn> {
             ids: txn.open_table(KEY_IDS).db()?,
             by_owner: txn.open_table(OWNER_KEYS).db()?,
             by_tenant: txn.open_table(TENANT_KEYS).db()?,
+            last_used: txn.open_table(LAST_USED).db()?,
         })
     }
 
@@ -417,7 +445,8 @@ impl<'txn> KeyTables<'txn> {
         Ok(())
     }
 
-    /// Removes key `id`, its record and every index entry; returns the record.
+    /// Removes key `id`, its record, every index entry and its usage; returns the record, with
+    /// `last_used_at` as reads show it.
     fn remove(&mut self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
         let Some(hash) = hash_of(&self.ids, id)? else {
             return Ok(None);
@@ -433,8 +462,164 @@ impl<'txn> KeyTables<'txn> {
             }
         };
         self.unindex(&removed)?;
-        Ok(Some(removed))
+        let used = self.last_used.remove(id).db()?.map(|ms| ms.value());
+        Ok(Some(merge_last_used(removed, used)))
     }
+}
+
+/// `key` with `last_used_at` the later of its own and `used` (unix millis, from `last_used`).
+fn merge_last_used(mut key: KeyRecord, used: Option<i64>) -> KeyRecord {
+    if let Some(at) = used.and_then(DateTime::<Utc>::from_timestamp_millis) {
+        if key.last_used_at.is_none_or(|own| own < at) {
+            key.last_used_at = Some(at);
+        }
+    }
+    key
+}
+
+/// `key` with the usage the `last_used` table holds for it merged in.
+fn with_last_used(
+    last_used: &impl ReadableTable<&'static str, i64>,
+    key: KeyRecord,
+) -> Result<KeyRecord, StoreError> {
+    let used = last_used.get(key.id.as_str()).db()?.map(|ms| ms.value());
+    Ok(merge_last_used(key, used))
+}
+
+fn touch_keys_in(
+    txn: &WriteTransaction,
+    used: &[(String, DateTime<Utc>)],
+) -> Result<(), StoreError> {
+    let ids = txn.open_table(KEY_IDS).db()?;
+    let mut last_used = txn.open_table(LAST_USED).db()?;
+    for (id, at) in used {
+        let at = at.timestamp_millis();
+        if ids.get(id.as_str()).db()?.is_none() {
+            continue;
+        }
+        let newer = match last_used.get(id.as_str()).db()? {
+            Some(stored) => at > stored.value(),
+            None => true,
+        };
+        if newer {
+            last_used.insert(id.as_str(), at).db()?;
+        }
+    }
+    Ok(())
+}
+
+/// An audit entry's id: its sequence number, zero-padded so that ids sort like numbers.
+fn audit_id(seq: u64) -> String {
+    format!("{seq:020}")
+}
+
+/// The sequence number of an audit id a client sent back as a cursor.
+fn parse_audit_cursor(cursor: &str) -> Result<u64, StoreError> {
+    if cursor.is_empty() || !cursor.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid_cursor(cursor));
+    }
+    cursor.parse().map_err(|_| invalid_cursor(cursor))
+}
+
+fn invalid_cursor(cursor: &str) -> StoreError {
+    StoreError::Other(format!(
+        "invalid cursor {cursor:?}: expected the id of an audit entry"
+    ))
+}
+
+/// Appends `entry` under the next sequence number, then drops the oldest entries beyond `max`
+/// (never the new one, so the sequence keeps increasing).
+fn append_audit_in(
+    txn: &WriteTransaction,
+    mut entry: AuditEntry,
+    max: usize,
+) -> Result<(), StoreError> {
+    let mut audit = txn.open_table(AUDIT).db()?;
+    let mut tenants = txn.open_table(AUDIT_TENANTS).db()?;
+    let seq = match audit.last().db()? {
+        Some((last, _)) => last
+            .value()
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Other("audit log: sequence numbers exhausted".to_owned()))?,
+        None => 1,
+    };
+    entry.id = audit_id(seq);
+    audit.insert(seq, encode(&entry)?.as_slice()).db()?;
+    tenants.insert((entry.tenant.as_str(), seq), ()).db()?;
+
+    let max = u64::try_from(max.max(1)).unwrap_or(u64::MAX);
+    while audit.len().db()? > max {
+        let Some((oldest, bytes)) = audit.pop_first().db()? else {
+            break;
+        };
+        let oldest = oldest.value();
+        // An undecodable entry is dropped all the same (a damaged entry must not block every
+        // later append); its tenant index entry then names no record and reads skip it.
+        if let Ok(dropped) = decode::<AuditEntry>("audit entry", bytes.value()) {
+            tenants.remove((dropped.tenant.as_str(), oldest)).db()?;
+        }
+    }
+    Ok(())
+}
+
+/// One page of audit entries, newest first; see [`Store::list_audit`].
+fn list_audit_in(
+    txn: &ReadTransaction,
+    tenant: Option<&str>,
+    limit: usize,
+    before: Option<u64>,
+) -> Result<AuditPage, StoreError> {
+    let limit = if limit == 0 { DEFAULT_PAGE } else { limit };
+    let audit = txn.open_table(AUDIT).db()?;
+    let end = before.map_or(Bound::Unbounded, Bound::Excluded);
+    let mut items = Vec::new();
+    let mut more = false;
+    // Takes the entry at `seq` if the page has room; `false` once a further one was seen.
+    let mut offer = |seq: u64| -> Result<bool, StoreError> {
+        let Some(bytes) = audit.get(seq).db()? else {
+            // Only a tenant index entry left by a damaged, trimmed record.
+            return Ok(true);
+        };
+        if items.len() == limit {
+            more = true;
+            return Ok(false);
+        }
+        items.push(decode::<AuditEntry>(
+            &format!("audit entry {seq}"),
+            bytes.value(),
+        )?);
+        Ok(true)
+    };
+    match tenant {
+        Some(tenant) => {
+            let tenants = txn.open_table(AUDIT_TENANTS).db()?;
+            let end = match end {
+                Bound::Excluded(seq) => Bound::Excluded((tenant, seq)),
+                _ => Bound::Included((tenant, u64::MAX)),
+            };
+            let range = tenants.range((Bound::Included((tenant, 0)), end)).db()?;
+            for filed in range.rev() {
+                let (filed, _) = filed.db()?;
+                if !offer(filed.value().1)? {
+                    break;
+                }
+            }
+        }
+        None => {
+            for entry in audit.range::<u64>((Bound::Unbounded, end)).db()?.rev() {
+                let (seq, _) = entry.db()?;
+                if !offer(seq.value())? {
+                    break;
+                }
+            }
+        }
+    }
+    let next_cursor = if more {
+        items.last().map(|e| e.id.clone())
+    } else {
+        None
+    };
+    Ok(AuditPage { items, next_cursor })
 }
 
 #[async_trait]
@@ -496,7 +681,10 @@ impl Store for EmbeddedStore {
         self.read(move |txn| {
             let ids = txn.open_table(KEY_IDS).db()?;
             let keys = txn.open_table(KEYS).db()?;
-            key_by_id(&ids, &keys, &id)
+            let Some(key) = key_by_id(&ids, &keys, &id)? else {
+                return Ok(None);
+            };
+            with_last_used(&txn.open_table(LAST_USED).db()?, key).map(Some)
         })
         .await
     }
@@ -627,6 +815,30 @@ impl Store for EmbeddedStore {
                 .transpose()
         })
         .await
+    }
+
+    async fn touch_keys(&self, used: &[(String, DateTime<Utc>)]) -> Result<(), StoreError> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        let used = used.to_vec();
+        self.write(move |txn| touch_keys_in(txn, &used)).await
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        self.append_audit_bounded(entry, AUDIT_MAX_ENTRIES).await
+    }
+
+    async fn list_audit(
+        &self,
+        tenant: Option<&str>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<AuditPage, StoreError> {
+        let before = cursor.map(parse_audit_cursor).transpose()?;
+        let tenant = tenant.map(str::to_owned);
+        self.read(move |txn| list_audit_in(txn, tenant.as_deref(), limit, before))
+            .await
     }
 }
 
@@ -922,6 +1134,241 @@ mod tests {
         assert_eq!(carol.user.groups, ["g1"]);
         assert!(carol.groups.is_empty());
         assert_eq!(store.load_user("alice").await.unwrap(), None);
+    }
+
+    /// A time with whole milliseconds, as the usage table keeps it.
+    fn at(millis: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(millis).unwrap()
+    }
+
+    #[tokio::test]
+    async fn touches_show_as_last_used_and_never_go_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("db")).unwrap();
+        let (k1, k2) = (key("k1", "alice", "t1"), key("k2", "alice", "t1"));
+        store.insert_key(&k1).await.unwrap();
+        store.insert_key(&k2).await.unwrap();
+        let (t1, t2, t3) = (
+            at(1_700_000_000_000),
+            at(1_700_000_060_000),
+            at(1_700_000_120_000),
+        );
+        let touch = |id: &str, at| (id.to_owned(), at);
+
+        store.touch_keys(&[]).await.unwrap();
+        // Unknown ids are ignored, and do not spoil the rest of the batch.
+        store
+            .touch_keys(&[touch("nope", t3), touch("k1", t2)])
+            .await
+            .unwrap();
+        let used = |k: Option<KeyRecord>| k.unwrap().last_used_at;
+        assert_eq!(used(store.get_key("k1").await.unwrap()), Some(t2));
+        assert_eq!(used(store.get_key("k2").await.unwrap()), None);
+        assert_eq!(store.get_key("nope").await.unwrap(), None);
+        let page = store.list_keys(&KeyQuery::default()).await.unwrap();
+        assert_eq!(
+            page.items
+                .iter()
+                .map(|k| k.last_used_at)
+                .collect::<Vec<_>>(),
+            [Some(t2), None]
+        );
+        // The key was not created by the touch of an unknown id.
+        assert_eq!(ids(&page), ["k1", "k2"]);
+
+        // Older times never replace newer ones, in one batch or across batches.
+        store
+            .touch_keys(&[touch("k1", t1), touch("k2", t3), touch("k2", t1)])
+            .await
+            .unwrap();
+        assert_eq!(used(store.get_key("k1").await.unwrap()), Some(t2));
+        assert_eq!(used(store.get_key("k2").await.unwrap()), Some(t3));
+        let by_owner = KeyQuery {
+            owner: Some("alice".to_owned()),
+            ..KeyQuery::default()
+        };
+        let page = store.list_keys(&by_owner).await.unwrap();
+        assert_eq!(
+            page.items
+                .iter()
+                .map(|k| k.last_used_at)
+                .collect::<Vec<_>>(),
+            [Some(t2), Some(t3)]
+        );
+
+        // The record's own time counts too: the later of the two is shown.
+        let mut own = store.get_key("k1").await.unwrap().unwrap();
+        own.last_used_at = Some(t3);
+        store.update_key(&own).await.unwrap();
+        assert_eq!(used(store.get_key("k1").await.unwrap()), Some(t3));
+        // An admin update with an older (or no) time does not hide the recorded usage.
+        own.last_used_at = None;
+        own.name = "renamed".to_owned();
+        store.update_key(&own).await.unwrap();
+        let k1_now = store.get_key("k1").await.unwrap().unwrap();
+        assert_eq!(
+            (k1_now.name.as_str(), k1_now.last_used_at),
+            ("renamed", Some(t2))
+        );
+
+        // Deleting returns the usage and forgets it: a new key under the id starts unused.
+        assert_eq!(used(store.delete_key("k1").await.unwrap()), Some(t2));
+        store.touch_keys(&[touch("k1", t3)]).await.unwrap();
+        store.insert_key(&k1).await.unwrap();
+        assert_eq!(used(store.get_key("k1").await.unwrap()), None);
+
+        // Deleting a user takes its keys' usage too.
+        store.put_user(&user("alice", "t1", &[])).await.unwrap();
+        let deleted = store.delete_user("alice").await.unwrap().unwrap();
+        assert_eq!(
+            deleted
+                .keys
+                .iter()
+                .map(|k| k.last_used_at)
+                .collect::<Vec<_>>(),
+            [None, Some(t3)]
+        );
+        store.insert_key(&k2).await.unwrap();
+        assert_eq!(used(store.get_key("k2").await.unwrap()), None);
+        let txn = store.db.begin_read().unwrap();
+        assert!(txn.open_table(LAST_USED).unwrap().is_empty().unwrap());
+    }
+
+    fn audit(tenant: &str, action: &str) -> AuditEntry {
+        AuditEntry {
+            id: "ignored".to_owned(),
+            at: Utc::now(),
+            actor: "bootstrap".to_owned(),
+            action: action.to_owned(),
+            target: "k1".to_owned(),
+            tenant: tenant.to_owned(),
+        }
+    }
+
+    fn actions(page: &AuditPage) -> Vec<&str> {
+        page.items.iter().map(|e| e.action.as_str()).collect()
+    }
+
+    /// A page as (actions, next cursor), to compare in one assertion.
+    fn audit_shape(page: &AuditPage) -> (Vec<&str>, Option<&str>) {
+        (actions(page), page.next_cursor.as_deref())
+    }
+
+    #[tokio::test]
+    async fn audit_lists_newest_first_by_tenant_and_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let store = EmbeddedStore::open(&path).unwrap();
+        let empty = store.list_audit(None, 0, None).await.unwrap();
+        assert_eq!(empty, AuditPage::default());
+
+        for (tenant, action) in [
+            ("t1", "a1"),
+            ("t2", "a2"),
+            ("t1", "a3"),
+            ("t1", "a4"),
+            ("t2", "a5"),
+        ] {
+            store.append_audit(&audit(tenant, action)).await.unwrap();
+        }
+        let all = store.list_audit(None, 0, None).await.unwrap();
+        assert_eq!(actions(&all), ["a5", "a4", "a3", "a2", "a1"]);
+        assert_eq!(all.next_cursor, None);
+        // Ids are assigned, distinct, and sort in append order.
+        let ids: Vec<&str> = all.items.iter().map(|e| e.id.as_str()).collect();
+        assert!(ids.windows(2).all(|w| w[0] > w[1]), "{ids:?}");
+        assert_eq!(all.items[4].id, audit_id(1));
+        assert!(all.items.iter().all(|e| e.id != "ignored"));
+
+        // Paging everything, two at a time.
+        let p1 = store.list_audit(None, 2, None).await.unwrap();
+        assert_eq!(actions(&p1), ["a5", "a4"]);
+        assert_eq!(p1.next_cursor.as_deref(), Some(p1.items[1].id.as_str()));
+        let p2 = store
+            .list_audit(None, 2, p1.next_cursor.as_deref())
+            .await
+            .unwrap();
+        assert_eq!(actions(&p2), ["a3", "a2"]);
+        let p3 = store
+            .list_audit(None, 2, p2.next_cursor.as_deref())
+            .await
+            .unwrap();
+        assert_eq!(audit_shape(&p3), (vec!["a1"], None));
+
+        // One tenant, with an exact fit on the last page.
+        let t1 = store.list_audit(Some("t1"), 2, None).await.unwrap();
+        assert_eq!(actions(&t1), ["a4", "a3"]);
+        assert!(t1.items.iter().all(|e| e.tenant == "t1"));
+        let t1_more = store
+            .list_audit(Some("t1"), 1, t1.next_cursor.as_deref())
+            .await
+            .unwrap();
+        assert_eq!(audit_shape(&t1_more), (vec!["a1"], None));
+        let t2 = store.list_audit(Some("t2"), 2, None).await.unwrap();
+        assert_eq!(audit_shape(&t2), (vec!["a5", "a2"], None));
+        // A cursor from the unfiltered list works for a tenant's too.
+        let t2_older = store
+            .list_audit(Some("t2"), 0, Some(&all.items[1].id))
+            .await
+            .unwrap();
+        assert_eq!(actions(&t2_older), ["a2"]);
+        let none = store.list_audit(Some("t9"), 0, None).await.unwrap();
+        assert_eq!(none, AuditPage::default());
+        let before_first = store.list_audit(None, 0, Some(&audit_id(1))).await.unwrap();
+        assert_eq!(before_first, AuditPage::default());
+
+        for bad in ["", "abc", "-1", "+5", "1e3", "99999999999999999999999"] {
+            let err = store.list_audit(None, 0, Some(bad)).await.unwrap_err();
+            assert!(
+                matches!(&err, StoreError::Other(m) if m.contains("invalid cursor")),
+                "{bad:?}: {err}"
+            );
+        }
+
+        // The sequence continues after a reopen.
+        drop(store);
+        let store = EmbeddedStore::open(&path).unwrap();
+        store.append_audit(&audit("t1", "a6")).await.unwrap();
+        let newest = store.list_audit(None, 1, None).await.unwrap();
+        assert_eq!(newest.items[0].id, audit_id(6));
+        assert_eq!(newest.items[0].action, "a6");
+    }
+
+    #[tokio::test]
+    async fn audit_drops_the_oldest_beyond_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("db")).unwrap();
+        for i in 1..=7 {
+            let tenant = if i % 2 == 0 { "even" } else { "odd" };
+            store
+                .append_audit_bounded(&audit(tenant, &format!("a{i}")), 4)
+                .await
+                .unwrap();
+        }
+        let all = store.list_audit(None, 0, None).await.unwrap();
+        assert_eq!(actions(&all), ["a7", "a6", "a5", "a4"]);
+        assert_eq!(all.items[0].id, audit_id(7), "ids keep counting");
+        // The tenant index lost the dropped entries too.
+        let odd = store.list_audit(Some("odd"), 0, None).await.unwrap();
+        assert_eq!(actions(&odd), ["a7", "a5"]);
+        let txn = store.db.begin_read().unwrap();
+        assert_eq!(txn.open_table(AUDIT_TENANTS).unwrap().len().unwrap(), 4);
+        drop(txn);
+
+        // A lower bound trims several at once; the new entry always stays.
+        store
+            .append_audit_bounded(&audit("odd", "a8"), 0)
+            .await
+            .unwrap();
+        let all = store.list_audit(None, 0, None).await.unwrap();
+        assert_eq!(actions(&all), ["a8"]);
+        assert_eq!(all.items[0].id, audit_id(8));
+        assert!(store
+            .list_audit(Some("even"), 0, None)
+            .await
+            .unwrap()
+            .items
+            .is_empty());
     }
 
     #[test]

@@ -9,8 +9,8 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::{
-    DeletedUser, Group, KeyBundle, KeyPage, KeyQuery, KeyRecord, Store, StoreError, User,
-    UserBundle,
+    AuditEntry, AuditPage, DeletedUser, Group, KeyBundle, KeyPage, KeyQuery, KeyRecord, Store,
+    StoreError, User, UserBundle,
 };
 use crate::auth::key::KeyHash;
 use crate::telemetry;
@@ -91,6 +91,26 @@ impl Store for Metered {
     }
     async fn delete_group(&self, id: &str) -> Result<Option<Group>, StoreError> {
         self.measure("delete_group", self.inner.delete_group(id))
+            .await
+    }
+    async fn touch_keys(
+        &self,
+        used: &[(String, chrono::DateTime<chrono::Utc>)],
+    ) -> Result<(), StoreError> {
+        self.measure("touch_keys", self.inner.touch_keys(used))
+            .await
+    }
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        self.measure("append_audit", self.inner.append_audit(entry))
+            .await
+    }
+    async fn list_audit(
+        &self,
+        tenant: Option<&str>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<AuditPage, StoreError> {
+        self.measure("list_audit", self.inner.list_audit(tenant, limit, cursor))
             .await
     }
 }

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 
 use crate::auth::key::KeyHash;
 use crate::config::{StoreBackend, StoreConfig};
-pub use model::{Group, KeyBundle, KeyRecord, User, UserBundle, DEFAULT_TENANT};
+pub use model::{AuditEntry, Group, KeyBundle, KeyRecord, User, UserBundle, DEFAULT_TENANT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -54,6 +54,16 @@ pub struct KeyPage {
     /// Present when more items may follow.
     pub next_cursor: Option<String>,
 }
+
+/// Newest first; `next_cursor` continues after the last item.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditPage {
+    pub items: Vec<AuditEntry>,
+    pub next_cursor: Option<String>,
+}
+
+/// How many audit entries a store keeps; older ones are dropped first.
+pub const AUDIT_MAX_ENTRIES: usize = 100_000;
 
 /// What a deleted user took with it.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,6 +112,26 @@ pub trait Store: Send + Sync + 'static {
     async fn get_group(&self, id: &str) -> Result<Option<Group>, StoreError>;
     async fn list_groups(&self, tenant: Option<&str>) -> Result<Vec<Group>, StoreError>;
     async fn delete_group(&self, id: &str) -> Result<Option<Group>, StoreError>;
+
+    // --- usage and audit ---
+
+    /// Records when keys were last used (batched by the data plane, never per request).
+    /// Unknown ids are ignored; an older time never replaces a newer one. Read back as
+    /// `last_used_at` by `get_key` and `list_keys`.
+    async fn touch_keys(
+        &self,
+        used: &[(String, chrono::DateTime<chrono::Utc>)],
+    ) -> Result<(), StoreError>;
+    /// Appends an entry (its `id` is assigned here), dropping the oldest beyond
+    /// [`AUDIT_MAX_ENTRIES`].
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+    /// Entries newest first, of one tenant or all, older than `cursor` when given.
+    async fn list_audit(
+        &self,
+        tenant: Option<&str>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<AuditPage, StoreError>;
 }
 
 /// Opens the configured backend, wrapped so every call is counted and timed.

@@ -81,3 +81,17 @@ pub struct KeyBundle {
     /// `None` when the owner no longer exists: the key then works for no one.
     pub owner: Option<UserBundle>,
 }
+
+/// One admin write, as `GET /v1/audit` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Assigned by the store when appended; increases with time (the paging cursor).
+    pub id: String,
+    pub at: DateTime<Utc>,
+    /// Who did it: `bootstrap` or `<user> (key <id>)`; never a secret.
+    pub actor: String,
+    /// e.g. `key.create`, `user.delete`.
+    pub action: String,
+    pub target: String,
+    pub tenant: String,
+}

@@ -13,6 +13,8 @@
 //! | `{p}group:<id>`           | str  | Group JSON                             |
 //! | `{p}keys`, `{p}owner-keys:<user>`, `{p}tenant-keys:<tenant>` | zset | key ids (score 0, lex order) |
 //! | `{p}users`, `{p}groups`   | zset | ids                                    |
+//! | `{p}last-used`            | hash | key id → unix ms of last use (batched) |
+//! | `{p}audit`                | stream | audit entries, capped                |
 
 use std::time::Duration;
 
@@ -21,8 +23,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
 use super::{
-    decode, encode, DeletedUser, Group, KeyBundle, KeyPage, KeyQuery, KeyRecord, Store, StoreError,
-    User, UserBundle,
+    decode, encode, AuditEntry, AuditPage, DeletedUser, Group, KeyBundle, KeyPage, KeyQuery,
+    KeyRecord, Store, StoreError, User, UserBundle, AUDIT_MAX_ENTRIES,
 };
 use crate::auth::key::KeyHash;
 
@@ -100,6 +102,7 @@ local function delete_key(p, id)
   local hex = redis.call('GET', p .. 'keyid:' .. id)
   redis.call('DEL', p .. 'keyid:' .. id)
   redis.call('ZREM', p .. 'keys', id)
+  redis.call('HDEL', p .. 'last-used', id)
   if not hex then return nil end
   local k = redis.call('GET', p .. 'key:' .. hex)
   redis.call('DEL', p .. 'key:' .. hex)
@@ -143,6 +146,20 @@ redis.call('ZREM', ARGV[1] .. 'groups', ARGV[2])
 return g
 "#;
 
+/// KEYS: last-used hash. ARGV: tag, then id/ms pairs. Keeps the newest time; skips
+/// ids that are not (or no longer) keys.
+const TOUCH_KEYS_LUA: &str = r#"
+local p = ARGV[1]
+for i = 2, #ARGV, 2 do
+  local id, ms = ARGV[i], tonumber(ARGV[i + 1])
+  if redis.call('EXISTS', p .. 'keyid:' .. id) == 1 then
+    local old = tonumber(redis.call('HGET', KEYS[1], id) or '0')
+    if ms > old then redis.call('HSET', KEYS[1], id, ms) end
+  end
+end
+return 'ok'
+"#;
+
 struct Scripts {
     load_key: Script,
     load_user: Script,
@@ -151,6 +168,7 @@ struct Scripts {
     delete_key: Script,
     delete_user: Script,
     delete_group: Script,
+    touch_keys: Script,
 }
 
 impl Scripts {
@@ -163,6 +181,7 @@ impl Scripts {
             delete_key: Script::new(&format!("{DELETE_KEY_FN}{DELETE_KEY_LUA}")),
             delete_user: Script::new(&format!("{DELETE_KEY_FN}{DELETE_USER_LUA}")),
             delete_group: Script::new(DELETE_GROUP_LUA),
+            touch_keys: Script::new(TOUCH_KEYS_LUA),
         }
     }
 }
@@ -532,5 +551,102 @@ impl Store for RedisStore {
             .await
             .map_err(map_err)?;
         json.map(|j| decode("group", &j)).transpose()
+    }
+
+    async fn touch_keys(
+        &self,
+        used: &[(String, chrono::DateTime<chrono::Utc>)],
+    ) -> Result<(), StoreError> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        let mut call = self
+            .scripts
+            .touch_keys
+            .key(format!("{}last-used", self.tag));
+        call.arg(&self.tag);
+        for (id, at) in used {
+            call.arg(id).arg(at.timestamp_millis());
+        }
+        call.invoke_async::<String>(&mut self.conn())
+            .await
+            .map(|_| ())
+            .map_err(map_err)
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        redis::cmd("XADD")
+            .arg(format!("{}audit", self.tag))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(AUDIT_MAX_ENTRIES)
+            .arg("*")
+            .arg("entry")
+            .arg(encode(entry)?)
+            .query_async::<String>(&mut self.conn())
+            .await
+            .map(|_| ())
+            .map_err(map_err)
+    }
+
+    async fn list_audit(
+        &self,
+        tenant: Option<&str>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<AuditPage, StoreError> {
+        let limit = if limit == 0 { DEFAULT_PAGE } else { limit };
+        if let Some(c) = cursor {
+            // Stream ids are `<ms>-<seq>`; refuse anything else before Redis does, vaguely.
+            let valid = c.split_once('-').is_some_and(|(a, b)| {
+                !a.is_empty()
+                    && !b.is_empty()
+                    && a.bytes().chain(b.bytes()).all(|x| x.is_ascii_digit())
+            });
+            if !valid {
+                return Err(StoreError::Other(format!("invalid cursor `{c}`")));
+            }
+        }
+        let mut items = Vec::with_capacity(limit + 1);
+        let mut before = cursor.map_or("+".to_owned(), |c| format!("({c}"));
+        loop {
+            let batch = (limit + 1 - items.len()).max(16);
+            let rows: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XREVRANGE")
+                .arg(format!("{}audit", self.tag))
+                .arg(&before)
+                .arg("-")
+                .arg("COUNT")
+                .arg(batch)
+                .query_async(&mut self.conn())
+                .await
+                .map_err(map_err)?;
+            let exhausted = rows.len() < batch;
+            if let Some((last, _)) = rows.last() {
+                before = format!("({last}");
+            }
+            for (id, fields) in rows {
+                let Some((_, json)) = fields.into_iter().find(|(f, _)| f == "entry") else {
+                    continue;
+                };
+                let mut entry: AuditEntry = decode("audit entry", &json)?;
+                entry.id = id;
+                if tenant.is_none_or(|t| entry.tenant == t) {
+                    items.push(entry);
+                }
+            }
+            if exhausted || items.len() > limit {
+                break;
+            }
+        }
+        let more = items.len() > limit;
+        items.truncate(limit);
+        Ok(AuditPage {
+            next_cursor: if more {
+                items.last().map(|e| e.id.clone())
+            } else {
+                None
+            },
+            items,
+        })
     }
 }

@@ -25,6 +25,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_keygate");
 pub struct Gateway {
     pub child: Child,
     pub proxy: SocketAddr,
+    pub admin: SocketAddr,
     pub status: SocketAddr,
     pub log: Arc<Mutex<String>>,
     _dir: tempfile::TempDir,
@@ -41,6 +42,9 @@ impl Gateway {
         let mut text = String::new();
         if !config.contains("proxy:") {
             text.push_str("proxy: { listen: \"127.0.0.1:0\" }\n");
+        }
+        if !config.contains("admin:") {
+            text.push_str("admin: { listen: \"127.0.0.1:0\" }\n");
         }
         if !config.contains("status:") {
             text.push_str("status: { listen: \"127.0.0.1:0\" }\n");
@@ -63,10 +67,11 @@ impl Gateway {
         }
         let mut child = cmd.spawn().expect("spawn keygate");
         let (log, addrs) = capture_log(child.stderr.take().unwrap());
-        let addrs = wait_for_listeners(&addrs, &["proxy", "status"], &log, &mut child);
+        let addrs = wait_for_listeners(&addrs, &["proxy", "admin", "status"], &log, &mut child);
         Gateway {
             child,
             proxy: addrs["proxy"],
+            admin: addrs["admin"],
             status: addrs["status"],
             log,
             _dir: dir,
@@ -75,6 +80,10 @@ impl Gateway {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.proxy, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
     }
 
     pub fn status_url(&self, path: &str) -> String {
@@ -199,18 +208,45 @@ fn wait_for_listeners(
     }
 }
 
-/// Runs `keygate <args>` to completion and returns (exit status, stdout, stderr).
+/// Runs `keygate <args>` to completion (at most 30 s, then it is killed and the test fails)
+/// and returns (exit status, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (ExitStatus, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_cli_with_env(args, &[])
+}
+
+pub fn run_cli_with_env(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    // Read both pipes on threads so a chatty child cannot block on a full pipe.
+    let mut out_pipe = child.stdout.take().unwrap();
+    let mut err_pipe = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut out_pipe, &mut s).ok();
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut err_pipe, &mut s).ok();
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`keygate {}` did not finish within 30 s", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (status, out.join().unwrap(), err.join().unwrap())
 }
 
 /// An in-process HTTP/1.1 + h2c upstream on 127.0.0.1:0 running `handler`.

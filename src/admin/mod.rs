@@ -1,0 +1,194 @@
+//! The control plane: the admin API under `/v1` (CONTRACT §6) and `GET /openapi.json`.
+//! It meets the data plane only through the store and invalidation [`crate::events`].
+
+pub mod caller;
+pub mod error;
+pub mod keys;
+pub mod openapi;
+pub mod users;
+pub mod validate;
+pub mod views;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::HeaderValue;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use chrono::Utc;
+use hyper::body::Incoming;
+use tower::ServiceExt;
+
+use crate::auth::Verifier;
+use crate::config::{Config, KeysConfig, Secret};
+use crate::events::{Change, Events};
+use crate::proxy::rewrite;
+use crate::store::{AuditEntry, Store};
+pub use caller::Caller;
+pub use error::ApiError;
+
+/// Everything the handlers share.
+pub struct AdminState {
+    pub store: Arc<dyn Store>,
+    pub verifier: Arc<Verifier>,
+    pub events: Arc<Events>,
+    pub bootstrap: Option<Secret>,
+    pub keys: KeysConfig,
+}
+
+pub type Shared = Arc<AdminState>;
+
+impl AdminState {
+    pub fn new(
+        config: &Config,
+        store: Arc<dyn Store>,
+        verifier: Arc<Verifier>,
+        events: Arc<Events>,
+    ) -> Self {
+        Self {
+            store,
+            verifier,
+            events,
+            bootstrap: config.admin.token.clone(),
+            keys: config.keys.clone(),
+        }
+    }
+
+    /// Tells every instance what changed; a write is not done until this succeeds.
+    pub async fn publish(&self, change: Change) -> Result<(), ApiError> {
+        self.events.publish(change).await.map_err(ApiError::from)
+    }
+
+    /// Records an admin write. The write itself already happened, so a failure here is
+    /// logged rather than turned into an error answer.
+    pub async fn audit(&self, caller: &Caller, action: &str, target: &str, tenant: &str) {
+        let entry = AuditEntry {
+            id: String::new(),
+            at: Utc::now(),
+            actor: caller.actor(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            tenant: tenant.to_owned(),
+        };
+        if let Err(e) = self.store.append_audit(&entry).await {
+            tracing::error!(error = %e, action, target, "audit entry could not be stored");
+        }
+    }
+}
+
+/// The admin router: `/v1/...` and `/openapi.json`.
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/v1/keys", post(keys::create).get(keys::list))
+        .route("/v1/keys/import", post(keys::import))
+        .route(
+            "/v1/keys/{id}",
+            get(keys::show).patch(keys::update).delete(keys::revoke),
+        )
+        .route("/v1/keys/{id}/roll", post(keys::roll))
+        .route("/v1/verify", post(keys::verify))
+        .route("/v1/users", get(users::list_users))
+        .route(
+            "/v1/users/{id}",
+            get(users::show_user)
+                .put(users::put_user)
+                .patch(users::patch_user)
+                .delete(users::delete_user),
+        )
+        .route("/v1/groups", get(users::list_groups))
+        .route(
+            "/v1/groups/{id}",
+            get(users::show_group)
+                .put(users::put_group)
+                .delete(users::delete_group),
+        )
+        .route("/v1/audit", get(users::audit))
+        .route("/openapi.json", get(openapi::document))
+        .fallback(|| async { ApiError::NotFound("endpoint".into()) })
+        .layer(middleware::from_fn(with_request_id))
+        .with_state(state)
+}
+
+/// Adapts the router to the listener's handler shape.
+pub fn handler(
+    router: Router,
+) -> impl Fn(Request<Incoming>, crate::server::ConnInfo) -> HandlerFuture + Clone + Send + Sync + 'static
+{
+    move |req, _conn| {
+        let router = router.clone();
+        Box::pin(async move {
+            Ok(router
+                .oneshot(req.map(Body::new))
+                .await
+                .unwrap_or_else(|e| match e {}))
+        })
+    }
+}
+
+pub type HandlerFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Infallible>> + Send>>;
+
+tokio::task_local! {
+    static REQUEST_ID: HeaderValue;
+}
+
+/// The id of the admin request being handled (for error bodies).
+pub fn current_request_id() -> String {
+    REQUEST_ID
+        .try_with(|id| id.to_str().unwrap_or_default().to_owned())
+        .unwrap_or_default()
+}
+
+async fn with_request_id(req: Request, next: Next) -> Response {
+    let id = rewrite::request_id(req.headers());
+    let mut response = REQUEST_ID.scope(id.clone(), next.run(req)).await;
+    response.headers_mut().insert(rewrite::X_REQUEST_ID, id);
+    response
+}
+
+impl FromRequestParts<Shared> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Shared,
+    ) -> Result<Self, Self::Rejection> {
+        caller::identify(
+            &parts.headers,
+            state.bootstrap.as_ref(),
+            &state.keys.prefix,
+            &state.verifier,
+        )
+        .await
+    }
+}
+
+/// Parses a JSON body strictly: unknown fields and type errors name the field.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::invalid("body", "expected a JSON object"));
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.into_inner().to_string();
+        // serde_json appends " at line L column C": noise for a one-line API body.
+        let message = message
+            .split_once(" at line ")
+            .map_or(message.clone(), |(m, _)| m.to_owned());
+        let (field, message) = crate::config::locate_unknown_field(path, message);
+        ApiError::invalid(
+            if field == "." {
+                "body".to_owned()
+            } else {
+                field
+            },
+            message,
+        )
+    })
+}

@@ -1,0 +1,163 @@
+//! Field checks for admin requests; each error names the field (CONTRACT §6).
+
+use super::error::ApiError;
+
+pub const NAME_MAX: usize = 200;
+pub const DESCRIPTION_MAX: usize = 1000;
+pub const META_MAX_BYTES: usize = 4096;
+pub const PERMISSIONS_MAX: usize = 100;
+pub const PAGE_DEFAULT: usize = 100;
+pub const PAGE_MAX: usize = 1000;
+
+/// User and group ids: `[A-Za-z0-9._@-]{1,128}`.
+pub fn id(field: &str, value: &str) -> Result<(), ApiError> {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            field,
+            "must be 1 to 128 of A-Z a-z 0-9 . _ @ -",
+        ))
+    }
+}
+
+/// Tenants follow the id rules too: they label headers and filters.
+pub fn tenant(field: &str, value: &str) -> Result<(), ApiError> {
+    id(field, value)
+}
+
+pub fn name(value: &str) -> Result<(), ApiError> {
+    let n = value.chars().count();
+    if value.trim().is_empty() || n > NAME_MAX {
+        return Err(ApiError::invalid(
+            "name",
+            format!("must be 1 to {NAME_MAX} characters"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "name",
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+pub fn description(value: &str) -> Result<(), ApiError> {
+    if value.chars().count() > DESCRIPTION_MAX {
+        return Err(ApiError::invalid(
+            "description",
+            format!("must be at most {DESCRIPTION_MAX} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Permission names: non-empty, no spaces or commas (they are joined with commas in
+/// headers), a `*` only as the final `:*`.
+pub fn permissions(field: &str, values: &[String]) -> Result<(), ApiError> {
+    if values.len() > PERMISSIONS_MAX {
+        return Err(ApiError::invalid(
+            field,
+            format!("at most {PERMISSIONS_MAX} permissions"),
+        ));
+    }
+    for (i, p) in values.iter().enumerate() {
+        let star_ok = !p.contains('*') || (p.ends_with(":*") && p.matches('*').count() == 1);
+        let ok = !p.is_empty()
+            && p.len() <= 200
+            && star_ok
+            && p.bytes().all(|b| b.is_ascii_graphic() && b != b',');
+        if !ok {
+            return Err(ApiError::invalid(
+                format!("{field}[{i}]"),
+                "a permission is visible ASCII without commas, with `*` only as a final `:*`",
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub fn meta(value: &serde_json::Value) -> Result<(), ApiError> {
+    if !value.is_object() {
+        return Err(ApiError::invalid("meta", "must be a JSON object"));
+    }
+    if serde_json::to_vec(value).map_or(usize::MAX, |v| v.len()) > META_MAX_BYTES {
+        return Err(ApiError::invalid(
+            "meta",
+            format!("must be at most {META_MAX_BYTES} bytes as JSON"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn limit(value: Option<usize>) -> Result<usize, ApiError> {
+    match value {
+        None => Ok(PAGE_DEFAULT),
+        Some(n) if (1..=PAGE_MAX).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::invalid(
+            "limit",
+            format!("must be 1 to {PAGE_MAX}"),
+        )),
+    }
+}
+
+/// Sorted and deduplicated, so stored lists compare and display predictably.
+pub fn normalized(mut values: Vec<String>) -> Vec<String> {
+    values.sort();
+    values.dedup();
+    values
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_follow_the_contract_alphabet() {
+        assert!(id("id", "alice@example.com").is_ok());
+        assert!(id("id", "svc-1.prod_x").is_ok());
+        for bad in ["", "has space", "slash/", &"x".repeat(129), "ünï"] {
+            assert!(id("id", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_and_descriptions_have_limits() {
+        assert!(name("Billing export").is_ok());
+        assert!(name(&"é".repeat(200)).is_ok());
+        assert!(name(&"é".repeat(201)).is_err());
+        assert!(name("  ").is_err());
+        assert!(name("a\nb").is_err());
+        assert!(description(&"d".repeat(1000)).is_ok());
+        assert!(description(&"d".repeat(1001)).is_err());
+    }
+
+    #[test]
+    fn permissions_are_header_safe() {
+        let ok: Vec<String> = ["orders:read", "billing:*", "keygate:admin"]
+            .map(String::from)
+            .to_vec();
+        assert!(permissions("permissions", &ok).is_ok());
+        for bad in ["", "a,b", "a b", "*", "a:*:b", "a*"] {
+            let err = permissions("permissions", &[bad.to_owned()]).unwrap_err();
+            assert!(
+                err.to_string().starts_with("permissions[0]"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn limits_are_bounded() {
+        assert_eq!(limit(None).unwrap(), 100);
+        assert_eq!(limit(Some(1000)).unwrap(), 1000);
+        assert!(limit(Some(0)).is_err());
+        assert!(limit(Some(1001)).is_err());
+    }
+}
