@@ -458,7 +458,7 @@ fn serve_refuses_a_broken_config_without_starting() {
     let path = dir.path().join("bad.yaml");
     std::fs::write(
         &path,
-        "routes:\n  - name: api\n    upstream: http://127.0.0.1:9\n",
+        "routes:\n  - name: api\n    upstream: http://127.0.0.1:9\n    auth: sometimes\n",
     )
     .unwrap();
     let (status, _out, err) = run_cli(&["serve", "--config", path.to_str().unwrap()]);
