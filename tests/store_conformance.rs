@@ -10,13 +10,13 @@ use std::collections::HashSet;
 use std::slice;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use keygate::auth::key::{generate, start_of, KeyHash};
 use keygate::store::embedded::EmbeddedStore;
 use keygate::store::redis::RedisStore;
 use keygate::store::{
-    DeletedUser, Group, KeyBundle, KeyPage, KeyQuery, KeyRecord, Store, StoreError, User,
-    UserBundle,
+    AuditEntry, AuditPage, DeletedUser, Group, KeyBundle, KeyPage, KeyQuery, KeyRecord, Store,
+    StoreError, User, UserBundle,
 };
 
 use common::redis::RedisServer;
@@ -97,6 +97,11 @@ conformance!(
     check_delete_user_takes_its_keys,
     check_groups,
     check_load_user,
+    check_touch_keys,
+    check_touch_forgotten_with_its_key,
+    check_audit_order_and_filter,
+    check_audit_paging,
+    check_audit_bad_cursors,
 );
 
 // --- record builders ------------------------------------------------------------------
@@ -207,6 +212,122 @@ async fn walk(store: &dyn Store, mut query: KeyQuery) -> Vec<String> {
         }
     }
     panic!("paging {query:?} did not end; ids so far: {seen:?}");
+}
+
+/// A usage report for `touch_keys`.
+fn touch(id: &str, at: DateTime<Utc>) -> (String, DateTime<Utc>) {
+    (id.to_owned(), at)
+}
+
+/// `last_used_at` in unix milliseconds: both backends keep usage times at that precision.
+fn used_ms(key: &KeyRecord) -> Option<i64> {
+    key.last_used_at.map(|at| at.timestamp_millis())
+}
+
+/// The usage of each key as `get_key` and as every listing that includes it show it; the
+/// reads must agree. `None` for a key that `get_key` does not find.
+async fn usage(store: &dyn Store, id: &str) -> Option<i64> {
+    let Some(key) = store.get_key(id).await.unwrap() else {
+        return None;
+    };
+    let got = used_ms(&key);
+    for q in [
+        query(None, None, 100),
+        query(Some(&key.tenant), None, 100),
+        query(None, Some(&key.owner), 100),
+    ] {
+        let page = store.list_keys(&q).await.unwrap();
+        let listed = page.items.iter().find(|k| k.id == id);
+        let listed = listed.unwrap_or_else(|| panic!("{id} missing from {q:?}"));
+        assert_eq!(
+            used_ms(listed),
+            got,
+            "{id}: list_keys {q:?} and get_key disagree on last_used_at"
+        );
+    }
+    got
+}
+
+/// An audit entry as a caller hands it to `append_audit`: with an id of its own, which the
+/// store must replace (every entry here carries the same one).
+fn audit(i: usize, tenant: &str) -> AuditEntry {
+    AuditEntry {
+        id: "from-the-caller".to_owned(),
+        at: Utc::now(),
+        actor: "conformance".to_owned(),
+        action: "key.create".to_owned(),
+        target: format!("key_{i}"),
+        tenant: tenant.to_owned(),
+    }
+}
+
+/// Appends seven entries over tenants t1 (4) and t2 (3), in order; returns them as appended.
+async fn append_seven(store: &dyn Store) -> Vec<AuditEntry> {
+    let tenants = ["t1", "t2", "t1", "t1", "t2", "t1", "t2"];
+    let mut appended = Vec::new();
+    for (i, tenant) in tenants.into_iter().enumerate() {
+        let entry = audit(i, tenant);
+        store.append_audit(&entry).await.unwrap();
+        appended.push(entry);
+    }
+    appended
+}
+
+/// `entries` without their ids, to compare with what was appended.
+fn without_ids(entries: &[AuditEntry]) -> Vec<AuditEntry> {
+    entries
+        .iter()
+        .map(|e| AuditEntry {
+            id: String::new(),
+            ..e.clone()
+        })
+        .collect()
+}
+
+fn audit_ids(entries: &[AuditEntry]) -> Vec<&str> {
+    entries.iter().map(|e| e.id.as_str()).collect()
+}
+
+/// Walks every page of the audit log like `walk` does for keys, checking the same paging
+/// contract, and returns the entries in the order served.
+async fn walk_audit(store: &dyn Store, tenant: Option<&str>, limit: usize) -> Vec<AuditEntry> {
+    let mut cursor: Option<String> = None;
+    let mut seen = Vec::new();
+    // No walk here covers more than 10 entries.
+    for _ in 0..=(10 / limit + 1) {
+        let page: AuditPage = store
+            .list_audit(tenant, limit, cursor.as_deref())
+            .await
+            .unwrap();
+        assert!(
+            page.items.len() <= limit,
+            "page of {} entries for limit {limit}",
+            page.items.len()
+        );
+        assert!(
+            cursor.is_none() || !page.items.is_empty(),
+            "next_cursor {cursor:?} led to an empty page"
+        );
+        seen.extend(page.items.iter().cloned());
+        match page.next_cursor {
+            None => return seen,
+            Some(next) => {
+                assert_eq!(
+                    page.items.len(),
+                    limit,
+                    "a short page ({:?}) still has a next_cursor",
+                    audit_ids(&page.items)
+                );
+                assert_eq!(
+                    Some(next.as_str()),
+                    seen.last().map(|e| e.id.as_str()),
+                    "next_cursor is not the last id of the page"
+                );
+                cursor = Some(next);
+            }
+        }
+    }
+    panic!("paging the audit log of {tenant:?} did not end; so far: {seen:?}");
 }
 
 // --- checks ---------------------------------------------------------------------------
@@ -727,6 +848,213 @@ async fn check_load_user(store: &dyn Store) {
             groups: vec![]
         })
     );
+}
+
+async fn check_touch_keys(store: &dyn Store) {
+    let a = key("key_a", "alice", "t1");
+    let b = key("key_b", "alice", "t2");
+    let c = key("key_c", "bob", "t1");
+    for k in [&a, &b, &c] {
+        store.insert_key(k).await.unwrap();
+    }
+    let now = Utc::now();
+    let old = now - chrono::Duration::hours(2);
+    let mid = now - chrono::Duration::hours(1);
+    let ms = |at: DateTime<Utc>| Some(at.timestamp_millis());
+    for id in ["key_a", "key_b", "key_c"] {
+        assert_eq!(usage(store, id).await, None, "{id} before any touch");
+    }
+
+    store.touch_keys(&[]).await.expect("an empty batch");
+    assert_eq!(usage(store, "key_a").await, None);
+
+    // Unknown ids are skipped; the rest of the batch still applies.
+    store
+        .touch_keys(&[
+            touch("key_unknown", now),
+            touch("key_a", mid),
+            touch("key_zzz", now),
+            touch("key_b", old),
+        ])
+        .await
+        .expect("a batch with unknown ids");
+    assert_eq!(usage(store, "key_a").await, ms(mid));
+    assert_eq!(usage(store, "key_b").await, ms(old));
+    assert_eq!(usage(store, "key_c").await, None, "key_c was not touched");
+    assert_eq!(store.get_key("key_unknown").await.unwrap(), None);
+
+    // An older time never replaces a newer one: not in a later batch, nor within one.
+    store.touch_keys(&[touch("key_a", old)]).await.unwrap();
+    assert_eq!(
+        usage(store, "key_a").await,
+        ms(mid),
+        "moved back by a later batch"
+    );
+    store
+        .touch_keys(&[touch("key_b", now), touch("key_b", mid)])
+        .await
+        .unwrap();
+    assert_eq!(
+        usage(store, "key_b").await,
+        ms(now),
+        "moved back within a batch"
+    );
+    // A newer one does.
+    store.touch_keys(&[touch("key_a", now)]).await.unwrap();
+    assert_eq!(usage(store, "key_a").await, ms(now));
+
+    // A touch of an id that was no key then is not remembered for a key created later.
+    store
+        .insert_key(&key("key_unknown", "bob", "t2"))
+        .await
+        .unwrap();
+    assert_eq!(usage(store, "key_unknown").await, None);
+}
+
+/// Usage belongs to the key, not to its id: a key deleted (directly or with its owner) and
+/// created again under the same id starts unused.
+async fn check_touch_forgotten_with_its_key(store: &dyn Store) {
+    let bob = user("bob", "t1", &[]);
+    store.put_user(&bob).await.unwrap();
+    store
+        .insert_key(&key("key_a", "alice", "t1"))
+        .await
+        .unwrap();
+    store.insert_key(&key("key_b", "bob", "t1")).await.unwrap();
+    let now = Utc::now();
+    store
+        .touch_keys(&[touch("key_a", now), touch("key_b", now)])
+        .await
+        .unwrap();
+    assert_eq!(usage(store, "key_a").await, Some(now.timestamp_millis()));
+    assert_eq!(usage(store, "key_b").await, Some(now.timestamp_millis()));
+
+    store.delete_key("key_a").await.unwrap().unwrap();
+    store
+        .insert_key(&key("key_a", "alice", "t1"))
+        .await
+        .unwrap();
+    assert_eq!(usage(store, "key_a").await, None, "after delete_key");
+
+    store.delete_user("bob").await.unwrap().unwrap();
+    store.put_user(&bob).await.unwrap();
+    store.insert_key(&key("key_b", "bob", "t1")).await.unwrap();
+    assert_eq!(usage(store, "key_b").await, None, "after delete_user");
+}
+
+async fn check_audit_order_and_filter(store: &dyn Store) {
+    let empty = store.list_audit(None, 10, None).await.unwrap();
+    assert_eq!(empty, AuditPage::default());
+
+    let appended = append_seven(store).await;
+    let newest_first: Vec<AuditEntry> = appended.iter().rev().cloned().collect();
+
+    let all = store.list_audit(None, 100, None).await.unwrap();
+    assert_eq!(all.next_cursor, None);
+    assert_eq!(without_ids(&all.items), without_ids(&newest_first));
+    // Ids are the store's own: all distinct, none the caller's.
+    let ids = audit_ids(&all.items);
+    let unique: HashSet<&str> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), ids.len(), "duplicate audit ids: {ids:?}");
+    assert!(
+        ids.iter()
+            .all(|id| !id.is_empty() && *id != "from-the-caller"),
+        "the store kept the caller's id: {ids:?}"
+    );
+
+    // A tenant's entries are the same entries (ids included), in the same order.
+    for tenant in ["t1", "t2", "t3"] {
+        let page = store.list_audit(Some(tenant), 100, None).await.unwrap();
+        let expected: Vec<AuditEntry> = all
+            .items
+            .iter()
+            .filter(|e| e.tenant == tenant)
+            .cloned()
+            .collect();
+        assert_eq!(page.items, expected, "tenant {tenant}");
+        assert_eq!(page.next_cursor, None, "tenant {tenant}");
+    }
+    assert_eq!(
+        store
+            .list_audit(Some("t1"), 100, None)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        4
+    );
+
+    // No limit (0) means a default page, which holds all 7 here; not an empty page.
+    assert_eq!(store.list_audit(None, 0, None).await.unwrap(), all);
+    let t2 = store.list_audit(Some("t2"), 0, None).await.unwrap();
+    assert_eq!(audit_ids(&t2.items).len(), 3);
+}
+
+async fn check_audit_paging(store: &dyn Store) {
+    append_seven(store).await;
+    let all = store.list_audit(None, 100, None).await.unwrap().items;
+    assert_eq!(all.len(), 7);
+
+    for tenant in [None, Some("t1"), Some("t2"), Some("t3")] {
+        let expected: Vec<AuditEntry> = all
+            .iter()
+            .filter(|e| tenant.is_none_or(|t| e.tenant == t))
+            .cloned()
+            .collect();
+        // 3 and 2 leave a short last page; 1, 4 (t1) and 7 (all) end on a full one.
+        for limit in [3, 1, 2, 4, 7, 100] {
+            let got = walk_audit(store, tenant, limit).await;
+            assert_eq!(got, expected, "tenant {tenant:?}, limit {limit}");
+        }
+    }
+
+    // Limit 3 over all: 3 + 3 + 1.
+    let first = store.list_audit(None, 3, None).await.unwrap();
+    assert_eq!(first.items, all[..3]);
+    let cursor = first.next_cursor.expect("a cursor after the first page");
+
+    // The cursor is a position: entries appended since do not shift the pages after it.
+    store.append_audit(&audit(7, "t1")).await.unwrap();
+    let second = store.list_audit(None, 3, Some(&cursor)).await.unwrap();
+    assert_eq!(second.items, all[3..6]);
+    let cursor = second.next_cursor.expect("a cursor after the second page");
+    let third = store.list_audit(None, 3, Some(&cursor)).await.unwrap();
+    assert_eq!(third.items, all[6..]);
+    assert_eq!(third.next_cursor, None);
+    // ...and the new entry is first in a fresh listing.
+    let fresh = store.list_audit(None, 100, None).await.unwrap().items;
+    assert_eq!(fresh.len(), 8);
+    assert_eq!(fresh[0].target, "key_7");
+    assert_eq!(fresh[1..], all[..]);
+
+    // A cursor from one tenant's listing is a position in the others' too.
+    let t2_first = store.list_audit(Some("t2"), 1, None).await.unwrap();
+    let t2_cursor = t2_first.next_cursor.expect("t2 has 3 entries");
+    let newest_t2 = all.iter().position(|e| e.tenant == "t2").unwrap();
+    let after = store.list_audit(None, 100, Some(&t2_cursor)).await.unwrap();
+    assert_eq!(after.items, all[newest_t2 + 1..]);
+}
+
+async fn check_audit_bad_cursors(store: &dyn Store) {
+    append_seven(store).await;
+    for cursor in [
+        "garbage",
+        "",
+        "-",
+        "zz-1",
+        "1-2-3",
+        "from-the-caller",
+        "99999999999999999999999-0",
+        "99999999999999999999999",
+    ] {
+        for tenant in [None, Some("t1")] {
+            let outcome = store.list_audit(tenant, 3, Some(cursor)).await;
+            assert!(
+                outcome.is_err(),
+                "cursor {cursor:?}, tenant {tenant:?}: expected an error, got {outcome:?}"
+            );
+        }
+    }
 }
 
 // --- backend-specific -----------------------------------------------------------------

@@ -216,7 +216,10 @@ pub fn run_cli(args: &[&str]) -> (ExitStatus, String, String) {
 
 pub fn run_cli_with_env(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
     let mut cmd = Command::new(BIN);
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -380,3 +383,28 @@ pub fn metric_value(metrics_text: &str, series: &str) -> Option<f64> {
 }
 
 pub mod redis;
+
+/// Calls the admin API of `gw` with a bearer token and an optional JSON body; returns the
+/// status and the body as JSON (`null` when empty).
+pub async fn admin_call(
+    gw: &Gateway,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> (StatusCode, serde_json::Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(gw.admin_url(path))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Full::from(body.map(|b| b.to_string()).unwrap_or_default()))
+        .unwrap();
+    let answer = send(&client(), req).await;
+    let json = if answer.body.is_empty() {
+        serde_json::Value::Null
+    } else {
+        answer.json()
+    };
+    (answer.status, json)
+}
