@@ -25,6 +25,7 @@ use keygate::proxy::route::{self, Router};
 use keygate::store::embedded::EmbeddedStore;
 use keygate::store::{Group, KeyRecord, Store, User};
 use keygate::telemetry;
+use keygate::usage::Usage;
 use tokio::runtime::Runtime;
 
 /// The system allocator (Rust's default), counting allocations while `COUNTING` is set.
@@ -195,6 +196,8 @@ struct Gateway {
     router: Router,
     auth: Authenticator,
     identity: IdentityHeaders,
+    /// Where `last_used_at` is noted per request (no flusher runs here).
+    usage: Usage,
     peer: IpAddr,
     _dir: tempfile::TempDir,
 }
@@ -214,6 +217,7 @@ impl Gateway {
             router: Router::new(&config.routes),
             auth: Authenticator::new(&config, Arc::new(verifier)),
             identity: IdentityHeaders::new(&config.identity.header_prefix),
+            usage: Usage::default(),
             peer: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)),
             _dir: dir,
         };
@@ -232,7 +236,7 @@ impl Gateway {
 
     /// What `Proxy::handle` and `Proxy::forward` do to an HTTP/1.1 GET before handing it to
     /// the upstream client, in the same order: request id, path normalization, route match,
-    /// authenticate, authorize, upgrade check, upstream URI, header rewrite.
+    /// authenticate, authorize, last-used note, upgrade check, upstream URI, header rewrite.
     fn prepare(&self, uri: &Uri, mut headers: HeaderMap) -> (Uri, HeaderMap) {
         let request_id = rewrite::request_id(&headers);
         assert!(route::normalize_path(uri.path()).is_none());
@@ -243,6 +247,9 @@ impl Gateway {
             .expect("route")
             .clone();
         let caller = self.decide(route.auth, &headers, &route.require);
+        if let Caller::Key(principal) = &caller {
+            self.usage.record(&principal.key.id);
+        }
         // The request is HTTP/1.1, so an upgrade is possible unless the upstream speaks h2.
         let upgrade = !route.upstream_http2 && rewrite::wants_upgrade(&headers);
         let original_host = headers.get(HOST).cloned();
@@ -348,6 +355,13 @@ fn bench(c: &mut Criterion) {
         b.iter(|| gateway.rt.block_on(async { black_box(1u8) }))
     });
 
+    // The per-request `last_used_at` note: a clock read and a write in a sharded map.
+    let key_id = "key_alice_1";
+    gateway.usage.record(key_id);
+    c.bench_function("usage_record", |b| {
+        b.iter(|| gateway.usage.record(black_box(key_id)))
+    });
+
     let request_uri: Uri = "/api/v1/items/42?expand=owner".parse().unwrap();
     let (check, _) = gateway.prepare(&request_uri, headers.clone());
     assert_eq!(check, "http://127.0.0.1:9003/base/v1/items/42?expand=owner");
@@ -428,6 +442,10 @@ fn report_allocations(gateway: &Gateway, uri: &Uri, headers: &HeaderMap, require
     );
     let block_on = allocations_per_call(N, || (), |()| gateway.rt.block_on(async { 1u8 }));
     let caller = gateway.decide(AuthMode::Required, headers, require);
+    let Caller::Key(principal) = &caller else {
+        panic!("a key was presented");
+    };
+    let usage = allocations_per_call(N, || (), |()| gateway.usage.record(&principal.key.id));
     let route = gateway.router.find(&Method::GET, None, uri.path()).unwrap();
     let strip = route.strip_prefix.then_some(route.path_prefix.as_str());
     let upstream = allocations_per_call(
@@ -491,7 +509,8 @@ fn report_allocations(gateway: &Gateway, uri: &Uri, headers: &HeaderMap, require
     let full = allocations_per_call(N, || headers.clone(), |h| gateway.prepare(uri, h));
     eprintln!(
         "allocations per request (warm cache, mean of {N}): key_check {check}, key_hash {hash}, \
-         authenticate+authorize {decide} (block_on alone {block_on}), upstream_uri {upstream}, \
+         authenticate+authorize {decide} (block_on alone {block_on}), Usage::record {usage}, \
+         upstream_uri {upstream}, \
          {}; \
          full_request_path {full}",
         rewrite_counts.join(", ")

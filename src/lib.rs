@@ -7,6 +7,7 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod echo;
 pub mod events;
@@ -17,3 +18,20 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod usage;
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+    /// A header map from name/value pairs, repeated names appended.
+    pub fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+}

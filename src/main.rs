@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use keygate::cli::{Cli, Command};
 use keygate::config::{Config, LogConfig};
-use keygate::{app, echo, telemetry};
+use keygate::{app, client, echo, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -34,6 +34,7 @@ fn main() -> ExitCode {
             telemetry::init_logging(&LogConfig::default());
             run_async(async move { echo::run(listen).await.map_err(|e| e.to_string()) })
         }
+        Command::Client(command) => client::run(*command),
     }
 }
 

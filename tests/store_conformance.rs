@@ -227,9 +227,7 @@ fn used_ms(key: &KeyRecord) -> Option<i64> {
 /// The usage of each key as `get_key` and as every listing that includes it show it; the
 /// reads must agree. `None` for a key that `get_key` does not find.
 async fn usage(store: &dyn Store, id: &str) -> Option<i64> {
-    let Some(key) = store.get_key(id).await.unwrap() else {
-        return None;
-    };
+    let key = store.get_key(id).await.unwrap()?;
     let got = used_ms(&key);
     for q in [
         query(None, None, 100),
@@ -878,8 +876,16 @@ async fn check_touch_keys(store: &dyn Store) {
         ])
         .await
         .expect("a batch with unknown ids");
-    assert_eq!(usage(store, "key_a").await, ms(mid));
-    assert_eq!(usage(store, "key_b").await, ms(old));
+    assert_eq!(
+        usage(store, "key_a").await,
+        ms(mid),
+        "key_a after its first touch"
+    );
+    assert_eq!(
+        usage(store, "key_b").await,
+        ms(old),
+        "key_b after its first touch"
+    );
     assert_eq!(usage(store, "key_c").await, None, "key_c was not touched");
     assert_eq!(store.get_key("key_unknown").await.unwrap(), None);
 
@@ -901,7 +907,7 @@ async fn check_touch_keys(store: &dyn Store) {
     );
     // A newer one does.
     store.touch_keys(&[touch("key_a", now)]).await.unwrap();
-    assert_eq!(usage(store, "key_a").await, ms(now));
+    assert_eq!(usage(store, "key_a").await, ms(now), "not moved forward");
 
     // A touch of an id that was no key then is not remembered for a key created later.
     store
@@ -926,8 +932,10 @@ async fn check_touch_forgotten_with_its_key(store: &dyn Store) {
         .touch_keys(&[touch("key_a", now), touch("key_b", now)])
         .await
         .unwrap();
-    assert_eq!(usage(store, "key_a").await, Some(now.timestamp_millis()));
-    assert_eq!(usage(store, "key_b").await, Some(now.timestamp_millis()));
+    for id in ["key_a", "key_b"] {
+        let got = usage(store, id).await;
+        assert_eq!(got, Some(now.timestamp_millis()), "{id} after a touch");
+    }
 
     store.delete_key("key_a").await.unwrap().unwrap();
     store

@@ -39,15 +39,12 @@ pub async fn create(
         (None, _) => return Err(ApiError::invalid("owner", "is required")),
     };
     let owner = owner_in_reach(&state, &caller, &owner_id).await?;
-    validate::name(&req.name)?;
-    let description = req.description.unwrap_or_default();
-    validate::description(&description)?;
-    if let Some(perms) = &req.permissions {
-        validate::permissions("permissions", perms)?;
-    }
-    if let Some(meta) = &req.meta {
-        validate::meta(meta)?;
-    }
+    let description = checked_fields(
+        &req.name,
+        req.description,
+        req.permissions.as_deref(),
+        req.meta.as_ref(),
+    )?;
     let now = Utc::now();
     let expires_at = initial_expiry(
         &state.keys,
@@ -323,15 +320,12 @@ pub async fn import(
         }
     };
     let owner = owner_in_reach(&state, &caller, &req.owner).await?;
-    validate::name(&req.name)?;
-    let description = req.description.unwrap_or_default();
-    validate::description(&description)?;
-    if let Some(perms) = &req.permissions {
-        validate::permissions("permissions", perms)?;
-    }
-    if let Some(meta) = &req.meta {
-        validate::meta(meta)?;
-    }
+    let description = checked_fields(
+        &req.name,
+        req.description,
+        req.permissions.as_deref(),
+        req.meta.as_ref(),
+    )?;
     let now = Utc::now();
     let record = KeyRecord {
         id: key::new_key_id().map_err(|e| ApiError::Internal(e.to_string()))?,
@@ -408,6 +402,25 @@ pub async fn verify(
         permissions: Some(principal.permissions().to_vec()),
         expires_at: principal.key.expires_at,
     }))
+}
+
+/// Checks the descriptive fields a new key carries; returns the description to store.
+fn checked_fields(
+    name: &str,
+    description: Option<String>,
+    permissions: Option<&[String]>,
+    meta: Option<&serde_json::Value>,
+) -> Result<String, ApiError> {
+    validate::name(name)?;
+    let description = description.unwrap_or_default();
+    validate::description(&description)?;
+    if let Some(perms) = permissions {
+        validate::permissions("permissions", perms)?;
+    }
+    if let Some(meta) = meta {
+        validate::meta(meta)?;
+    }
+    Ok(description)
 }
 
 /// The user a caller may issue keys for: in its tenant (admins) or itself (self-service).

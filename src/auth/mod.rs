@@ -244,16 +244,7 @@ mod tests {
         Authenticator::new(&config, Arc::new(Verifier::new(store, &config.cache)))
     }
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
+    use crate::test_support::headers;
 
     #[test]
     fn finds_the_key_in_any_configured_place() {

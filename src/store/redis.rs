@@ -240,11 +240,32 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         let records: Vec<Option<Vec<u8>>> = conn.mget(&key_names).await.map_err(map_err)?;
-        records
+        let mut keys = records
             .iter()
             .flatten()
             .map(|json| decode("key", json))
-            .collect()
+            .collect::<Result<Vec<KeyRecord>, _>>()?;
+        self.merge_last_used(&mut keys).await?;
+        Ok(keys)
+    }
+
+    /// Fills `last_used_at` from the separate usage hash (see `touch_keys`).
+    async fn merge_last_used(&self, keys: &mut [KeyRecord]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = keys.iter().map(|k| k.id.as_str()).collect();
+        let used: Vec<Option<i64>> = redis::cmd("HMGET")
+            .arg(format!("{}last-used", self.tag))
+            .arg(&ids)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(map_err)?;
+        for (key, ms) in keys.iter_mut().zip(used) {
+            let touched = ms.and_then(chrono::DateTime::from_timestamp_millis);
+            key.last_used_at = key.last_used_at.max(touched);
+        }
+        Ok(())
     }
 
     async fn all_of<T: serde::de::DeserializeOwned>(
