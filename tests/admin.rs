@@ -114,17 +114,6 @@ impl Resp {
             .to_owned()
     }
 
-    /// A 400 `invalid_request` whose message mentions `field` (a missing field is reported
-    /// as "body: missing field `name`", so only its presence is checked).
-    #[track_caller]
-    fn expect_invalid_mentioning(&self, field: &str) {
-        let message = self.expect_error(400, "invalid_request");
-        assert!(
-            message.contains(field),
-            "the message should mention `{field}`: {message}"
-        );
-    }
-
     /// A 400 `invalid_request` whose message starts with `field`.
     #[track_caller]
     fn expect_invalid(&self, field: &str) {
@@ -757,7 +746,7 @@ async fn verify_answers_like_the_proxy(backend: Backend) {
         .expect_invalid("require");
     boot.post("/v1/verify", json!({}))
         .await
-        .expect_invalid_mentioning("`key`");
+        .expect_invalid("key: missing field");
     Admin::with(gw, None)
         .post("/v1/verify", json!({ "key": secret }))
         .await
@@ -933,7 +922,7 @@ async fn invalid_requests_name_the_field() {
         .expect_invalid("name");
     create(json!({ "owner": "alice" }))
         .await
-        .expect_invalid_mentioning("`name`");
+        .expect_invalid("name: missing field");
     create(json!({ "owner": "alice", "name": "d", "description": "d".repeat(1001) }))
         .await
         .expect_invalid("description: ");
@@ -1031,7 +1020,7 @@ async fn invalid_requests_name_the_field() {
         .expect_invalid("tenant");
     boot.put("/v1/groups/g", json!({ "tenant": "acme" }))
         .await
-        .expect_invalid_mentioning("`permissions`");
+        .expect_invalid("permissions: missing field");
     boot.put("/v1/groups/has%20space", json!({ "permissions": [] }))
         .await
         .expect_invalid("id: ");
@@ -1838,7 +1827,6 @@ async fn delete_answers_after_publishing_to_every_instance() {
 /// `{"active": false}`, and re-creating a group of that name silently restores the
 /// membership.
 #[tokio::test]
-#[ignore = "src bug: deleting a group leaves dangling memberships that block user edits"]
 async fn deleting_a_group_leaves_its_members_editable() {
     let env = start(Backend::redis()).await;
     let boot = Admin::bootstrap(&env.gw);

@@ -181,7 +181,18 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
         let message = message
             .split_once(" at line ")
             .map_or(message.clone(), |(m, _)| m.to_owned());
-        let (field, message) = crate::config::locate_unknown_field(path, message);
+        let (mut field, message) = crate::config::locate_unknown_field(path, message);
+        // A missing field is reported at its parent; name the field itself.
+        if let Some((name, _)) = message
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split_once('`'))
+        {
+            field = if field == "." {
+                name.to_owned()
+            } else {
+                format!("{field}.{name}")
+            };
+        }
         ApiError::invalid(
             if field == "." {
                 "body".to_owned()

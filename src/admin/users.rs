@@ -225,7 +225,7 @@ pub async fn put_group(
 }
 
 #[utoipa::path(delete, path = "/v1/groups/{id}", tag = "groups", params(("id" = String, Path)),
-    responses((status = 204, description = "Deleted; members lose its permissions at once"), (status = 404, body = ErrorBody)),
+    responses((status = 204, description = "Deleted and removed from its members; they lose its permissions at once"), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn delete_group(
     State(state): State<Shared>,
@@ -237,6 +237,16 @@ pub async fn delete_group(
     let Some(group) = state.store.delete_group(&id).await? else {
         return Err(ApiError::NotFound(format!("group {id}")));
     };
+    // Members forget the group, so a later group of the same name grants them nothing and
+    // their records stay valid to edit.
+    for mut member in state.store.list_users(Some(&group.tenant)).await? {
+        if member.groups.contains(&id) {
+            member.groups.retain(|g| *g != id);
+            member.updated_at = Utc::now();
+            state.store.put_user(&member).await?;
+            state.publish(Change::User { id: member.id }).await?;
+        }
+    }
     state.publish(Change::Group { id: id.clone() }).await?;
     state
         .audit(&caller, "group.delete", &id, &group.tenant)

@@ -40,13 +40,15 @@ impl Gateway {
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let mut text = String::new();
-        if !config.contains("proxy:") {
+        // Only a top-level key overrides a listener (`key_prefix: 'kgadmin:'` must not).
+        let has_section = |name: &str| config.lines().any(|l| l.starts_with(&format!("{name}:")));
+        if !has_section("proxy") {
             text.push_str("proxy: { listen: \"127.0.0.1:0\" }\n");
         }
-        if !config.contains("admin:") {
+        if !has_section("admin") {
             text.push_str("admin: { listen: \"127.0.0.1:0\" }\n");
         }
-        if !config.contains("status:") {
+        if !has_section("status") {
             text.push_str("status: { listen: \"127.0.0.1:0\" }\n");
         }
         text.push_str(config);
