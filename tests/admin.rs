@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use common::redis::RedisServer;
+use common::backend::Backend;
 use common::*;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::Full;
@@ -17,35 +17,6 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 const TOKEN: &str = "kgtest-bootstrap-7f3a9c1e5b2d4f60";
-
-/// Where the gateway under test keeps its keys.
-enum Backend {
-    Embedded(tempfile::TempDir),
-    Redis(RedisServer),
-}
-
-impl Backend {
-    fn embedded() -> Self {
-        Backend::Embedded(tempfile::tempdir().unwrap())
-    }
-
-    fn redis() -> Self {
-        Backend::Redis(RedisServer::start())
-    }
-
-    fn store_yaml(&self) -> String {
-        match self {
-            Backend::Embedded(dir) => format!(
-                "store: {{ backend: embedded, embedded: {{ path: '{}' }} }}\n",
-                dir.path().join("keygate.db").display()
-            ),
-            Backend::Redis(server) => format!(
-                "store: {{ backend: redis, redis: {{ url: '{}', key_prefix: 'kgt:' }} }}\n",
-                server.url
-            ),
-        }
-    }
-}
 
 /// A gateway and the store it runs on (the gateway is dropped first).
 struct Env {

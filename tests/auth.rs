@@ -4,64 +4,16 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::redis::RedisServer;
+use common::backend::{Backend, TEST_REDIS_PREFIX};
 use common::*;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use keygate::auth::key::{self, KeyHash};
-use keygate::store::embedded::EmbeddedStore;
 use keygate::store::redis::RedisStore;
 use keygate::store::{Group, KeyRecord, Store, User};
-
-const REDIS_PREFIX: &str = "kgtest:";
-
-/// Where the gateway under test keeps its keys.
-enum Backend {
-    Embedded(tempfile::TempDir),
-    Redis(RedisServer),
-}
-
-impl Backend {
-    fn embedded() -> Self {
-        Backend::Embedded(tempfile::tempdir().unwrap())
-    }
-
-    fn redis() -> Self {
-        Backend::Redis(RedisServer::start())
-    }
-
-    fn store_yaml(&self) -> String {
-        match self {
-            Backend::Embedded(dir) => format!(
-                "store: {{ backend: embedded, embedded: {{ path: '{}' }} }}\n",
-                dir.path().join("keygate.db").display()
-            ),
-            Backend::Redis(server) => format!(
-                "store: {{ backend: redis, redis: {{ url: '{}', key_prefix: '{REDIS_PREFIX}' }} }}\n",
-                server.url
-            ),
-        }
-    }
-
-    /// A store client for fixtures. The embedded file is locked while keygate runs, so
-    /// embedded fixtures are written before it starts and the handle dropped.
-    async fn store(&self) -> Arc<dyn Store> {
-        match self {
-            Backend::Embedded(dir) => {
-                Arc::new(EmbeddedStore::open(&dir.path().join("keygate.db")).unwrap())
-            }
-            Backend::Redis(server) => Arc::new(
-                RedisStore::connect(&server.url, REDIS_PREFIX)
-                    .await
-                    .unwrap(),
-            ),
-        }
-    }
-}
 
 /// Secrets of the fixture keys, by label.
 struct Keys(HashMap<&'static str, String>);
@@ -556,7 +508,7 @@ async fn redis_outage_serves_cached_keys_and_503s_the_rest_then_recovers() {
     // Redis comes back (empty: the test server keeps nothing); a key created now works
     // without restarting keygate.
     server.restart();
-    let store = RedisStore::connect(&server.url, REDIS_PREFIX)
+    let store = RedisStore::connect(&server.url, TEST_REDIS_PREFIX)
         .await
         .unwrap();
     store.put_user(&user("dave", true, &[], &[])).await.unwrap();

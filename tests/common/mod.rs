@@ -384,6 +384,7 @@ pub fn metric_value(metrics_text: &str, series: &str) -> Option<f64> {
     })
 }
 
+pub mod backend;
 pub mod redis;
 
 /// Calls the admin API of `gw` with a bearer token and an optional JSON body; returns the
