@@ -108,6 +108,7 @@ pub fn router(state: Shared) -> Router {
                 .delete(users::delete_group),
         )
         .route("/v1/audit", get(users::audit))
+        .route("/v1/whoami", get(users::whoami))
         .route("/openapi.json", get(openapi::document))
         .fallback(|| async { ApiError::NotFound("endpoint".into()) })
         .layer(middleware::from_fn(with_request_id))

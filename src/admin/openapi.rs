@@ -14,11 +14,12 @@ use super::{keys, users};
         keys::create, keys::list, keys::show, keys::update, keys::revoke, keys::roll, keys::import, keys::verify,
         users::list_users, users::show_user, users::put_user, users::patch_user, users::delete_user,
         users::list_groups, users::show_group, users::put_group, users::delete_group, users::audit,
+        users::whoami,
     ),
     components(schemas(
         KeyStatus, KeyView, IssuedKey, CreateKey, UpdateKey, RollKey, ImportKey, KeyList, VerifyRequest,
         VerifyAnswer, PutUser, UserView, UserList, PutGroup, GroupView, GroupList, AuditView, AuditList,
-        ErrorBody, ErrorDetail,
+        ErrorBody, ErrorDetail, WhoAmI,
     )),
     modifiers(&BearerAuth),
 )]

@@ -337,3 +337,27 @@ async fn group_in_reach(state: &Shared, caller: &Caller, id: &str) -> Result<Gro
         .filter(|g| caller.can_see(&g.tenant, None))
         .ok_or_else(|| ApiError::NotFound(format!("group {id}")))
 }
+
+#[utoipa::path(get, path = "/v1/whoami", tag = "users",
+    responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn whoami(caller: Caller) -> Json<WhoAmI> {
+    let (role, tenant, user, key_id) = match caller {
+        Caller::SuperAdmin => ("super_admin", None, None, None),
+        Caller::TenantAdmin {
+            tenant,
+            user,
+            key_id,
+        } => ("tenant_admin", Some(tenant), Some(user), Some(key_id)),
+        Caller::SelfService {
+            tenant,
+            user,
+            key_id,
+        } => ("self", Some(tenant), Some(user), Some(key_id)),
+    };
+    Json(WhoAmI {
+        role: role.to_owned(),
+        tenant,
+        user,
+        key_id,
+    })
+}

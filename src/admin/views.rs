@@ -304,3 +304,14 @@ pub struct ErrorDetail {
     pub code: String,
     pub message: String,
 }
+
+/// Who the caller is, for clients such as the console that adapt to it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WhoAmI {
+    /// `super_admin` (the bootstrap token), `tenant_admin` (keygate:admin) or `self` (keygate:self).
+    pub role: String,
+    /// `None` for the super-admin, who spans every tenant.
+    pub tenant: Option<String>,
+    pub user: Option<String>,
+    pub key_id: Option<String>,
+}
