@@ -1,5 +1,6 @@
 //! Starting and stopping the gateway: bind listeners, serve, wait for a signal, drain.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,23 +9,25 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
-use crate::auth::{Authenticator, Verifier};
+use crate::auth::Verifier;
 use crate::config::{Config, StoreBackend};
 use crate::events::{self, Events};
 use crate::proxy::Proxy;
 use crate::server::{self, ConnOptions};
 use crate::status::{Health, Status};
 use crate::store::{self, Store};
+use crate::telemetry;
+use crate::tls::ServerTls;
 use crate::usage::{self, Usage};
-use crate::{telemetry, tls};
 
 /// The status listener keeps answering (`/readyz` 503) while the proxy drains; it gets this
 /// long of its own to finish once the proxy is done.
 const STATUS_GRACE: Duration = Duration::from_secs(1);
 const STORE_PING_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Runs the gateway until SIGTERM/SIGINT, then drains and returns.
-pub async fn run(config: Config) -> Result<(), String> {
+/// Runs the gateway until SIGTERM/SIGINT, then drains and returns. SIGHUP reloads the
+/// config file at `path`.
+pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
     let metrics = telemetry::install_metrics()?;
     let health = Arc::new(Health::default());
     let tunnels = TaskTracker::new();
@@ -33,10 +36,10 @@ pub async fn run(config: Config) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot open the {:?} store: {e}", config.store.backend))?;
     let verifier = Arc::new(Verifier::new(store.clone(), &config.cache));
-    let auth = Arc::new(Authenticator::new(&config, verifier.clone()));
     let usage = Arc::new(Usage::default());
     let proxy = Arc::new(
-        Proxy::new(&config, auth, usage.clone(), tunnels.clone()).map_err(|e| e.to_string())?,
+        Proxy::new(&config, verifier.clone(), usage.clone(), tunnels.clone())
+            .map_err(|e| e.to_string())?,
     );
 
     // Background work stopped after the listeners drain: events, usage, store watch.
@@ -65,20 +68,21 @@ pub async fn run(config: Config) -> Result<(), String> {
     let admin_router = admin::router(Arc::new(AdminState::new(
         &config,
         store.clone(),
-        verifier,
+        verifier.clone(),
         Arc::new(events),
     )));
+    let server_tls = config
+        .proxy
+        .tls
+        .as_ref()
+        .map(ServerTls::load)
+        .transpose()
+        .map_err(|e| e.to_string())?;
     let proxy_options = ConnOptions {
         header_read_timeout: config.proxy.header_read_timeout,
         max_header_bytes: config.proxy.max_header_bytes,
         max_headers: config.proxy.max_headers,
-        tls: config
-            .proxy
-            .tls
-            .as_ref()
-            .map(tls::acceptor)
-            .transpose()
-            .map_err(|e| e.to_string())?,
+        tls: server_tls.as_ref().map(|t| t.acceptor.clone()),
     };
     let proxy_listener = server::bind("proxy", config.proxy.listen)
         .await
@@ -93,11 +97,12 @@ pub async fn run(config: Config) -> Result<(), String> {
     let stop_proxy = CancellationToken::new();
     let stop_status = CancellationToken::new();
     let grace = config.shutdown.grace;
+    let serving = proxy.clone();
     let proxy_task = tokio::spawn(server::serve(
         "proxy",
         proxy_listener,
         proxy_options,
-        move |req, conn| proxy.clone().handle(req, conn),
+        move |req, conn| serving.clone().handle(req, conn),
         stop_proxy.clone(),
         grace,
     ));
@@ -133,7 +138,21 @@ pub async fn run(config: Config) -> Result<(), String> {
         stop_background.clone(),
     )));
 
-    shutdown_signal().await;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| format!("cannot listen for SIGHUP: {e}"))?;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut config = config;
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = hangup.recv() => {
+                if let Some(applied) = reload(&path, &config, &proxy, &verifier, server_tls.as_ref()) {
+                    config = applied;
+                }
+            }
+        }
+    }
     let deadline = Instant::now() + config.shutdown.delay + grace;
     health.start_draining();
     tracing::info!(delay = ?config.shutdown.delay, ?grace, "shutting down: readiness off, draining");
@@ -160,6 +179,91 @@ pub async fn run(config: Config) -> Result<(), String> {
     let _ = status_task.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP: re-reads the config file and applies what can change while running — routes,
+/// key headers, identity prefix, upstream and cache settings, the access log switch, TLS
+/// certificate files. Settings that need a restart are reported and kept. A file that fails
+/// to load or validate changes nothing. Returns the config now in force.
+fn reload(
+    path: &Path,
+    running: &Config,
+    proxy: &Proxy,
+    verifier: &Verifier,
+    tls: Option<&ServerTls>,
+) -> Option<Config> {
+    let mut next = match Config::load(path) {
+        Ok(next) => next,
+        Err(e) => {
+            tracing::error!(error = %e, "config reload refused; the running config stays in force");
+            return None;
+        }
+    };
+    for setting in keep_restart_only(&mut next, running) {
+        tracing::warn!(
+            setting,
+            "changed in the file, but takes a restart; keeping the running value"
+        );
+    }
+    // Build everything first so a failure (an unreadable certificate, say) applies nothing.
+    let proxy_state = match proxy.prepare(&next) {
+        Ok(state) => state,
+        Err(e) => {
+            tracing::error!(error = %e, "config reload refused; the running config stays in force");
+            return None;
+        }
+    };
+    let certificate = match (tls, &next.proxy.tls) {
+        (Some(tls), Some(files)) => match tls.prepare(files) {
+            Ok(pair) => Some((tls, pair)),
+            Err(e) => {
+                tracing::error!(error = %e, "config reload refused; the running config stays in force");
+                return None;
+            }
+        },
+        _ => None,
+    };
+    proxy.commit(proxy_state);
+    if let Some((tls, pair)) = certificate {
+        tls.commit(pair);
+    }
+    verifier.reconfigure(&next.cache);
+    tracing::info!(routes = next.routes.len(), "config reloaded");
+    Some(next)
+}
+
+/// Puts back the running value of every setting that cannot change without a restart and
+/// names those that the new file tried to change.
+fn keep_restart_only(next: &mut Config, running: &Config) -> Vec<&'static str> {
+    let mut kept = Vec::new();
+    macro_rules! keep {
+        ($name:literal, $($field:ident).+) => {
+            if next.$($field).+ != running.$($field).+ {
+                kept.push($name);
+                next.$($field).+ = running.$($field).+.clone();
+            }
+        };
+    }
+    keep!("proxy.listen", proxy.listen);
+    keep!("proxy.header_read_timeout", proxy.header_read_timeout);
+    keep!("proxy.max_header_bytes", proxy.max_header_bytes);
+    keep!("proxy.max_headers", proxy.max_headers);
+    // Certificate files reload; turning TLS on or off changes the listener.
+    if next.proxy.tls.is_some() != running.proxy.tls.is_some() {
+        kept.push("proxy.tls");
+        next.proxy.tls = running.proxy.tls.clone();
+    }
+    keep!("admin", admin);
+    keep!("status", status);
+    keep!("store", store);
+    // The admin API issues keys with these; the proxy must keep accepting what it issues.
+    keep!("keys.prefix", keys.prefix);
+    keep!("keys.default_ttl", keys.default_ttl);
+    keep!("keys.allow_never_expires", keys.allow_never_expires);
+    keep!("shutdown", shutdown);
+    keep!("log.format", log.format);
+    keep!("log.level", log.level);
+    kept
 }
 
 /// Pings the store every second: the first answer makes `/readyz` ready (listeners are

@@ -27,11 +27,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            telemetry::init_logging(&cfg.log);
-            run_async(app::run(cfg))
+            let _log_writer = telemetry::init_logging(&cfg.log);
+            run_async(app::run(cfg, config))
         }
         Command::Echo { listen } => {
-            telemetry::init_logging(&LogConfig::default());
+            let _log_writer = telemetry::init_logging(&LogConfig::default());
             run_async(async move { echo::run(listen).await.map_err(|e| e.to_string()) })
         }
         Command::Client(command) => client::run(*command),

@@ -102,16 +102,20 @@ pub fn record_event(kind: &'static str, lag: Duration) {
     metrics::histogram!(EVENT_PROPAGATION_SECONDS).record(lag);
 }
 
-/// Logs go to stderr; `RUST_LOG` overrides the configured level.
-pub fn init_logging(cfg: &LogConfig) {
+/// Logs go to stderr through a background writer, so a request never waits on a log write;
+/// if stderr cannot keep up, lines are dropped rather than slowing requests. Keep the guard
+/// alive until exit: dropping it flushes what is buffered. `RUST_LOG` overrides the level.
+pub fn init_logging(cfg: &LogConfig) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.level));
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal());
     let _ = match cfg.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    guard
 }

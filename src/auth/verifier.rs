@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use chrono::Utc;
 use http::HeaderValue;
 use moka::future::Cache;
@@ -203,23 +204,30 @@ impl<K, V: Cached> Expiry<K, Arc<V>> for LifetimeExpiry {
 
 pub struct Verifier {
     store: Arc<dyn Store>,
-    keys: Cache<KeyHash, Arc<KeyEntry>>,
-    users: Cache<String, Arc<UserEntry>>,
-    policy: Policy,
+    /// Replaced whole when a config reload changes the cache settings.
+    caches: ArcSwap<Caches>,
     /// Bumped when invalidation events may have been missed; entries of older epochs must
     /// be revalidated with the store before use.
     epoch: AtomicU64,
 }
 
-impl Verifier {
-    pub fn new(store: Arc<dyn Store>, config: &CacheConfig) -> Self {
+/// The two caches and the rules they were built with.
+struct Caches {
+    config: CacheConfig,
+    keys: Cache<KeyHash, Arc<KeyEntry>>,
+    users: Cache<String, Arc<UserEntry>>,
+    policy: Policy,
+}
+
+impl Caches {
+    fn new(config: &CacheConfig) -> Self {
         let policy = Policy {
             ttl: config.ttl,
             negative_ttl: config.negative_ttl,
             stale_if_error: config.stale_if_error,
         };
         Self {
-            store,
+            config: config.clone(),
             keys: Cache::builder()
                 .max_capacity(config.max_entries)
                 .expire_after(LifetimeExpiry(policy))
@@ -230,7 +238,25 @@ impl Verifier {
                 .support_invalidation_closures()
                 .build(),
             policy,
+        }
+    }
+}
+
+impl Verifier {
+    pub fn new(store: Arc<dyn Store>, config: &CacheConfig) -> Self {
+        Self {
+            store,
+            caches: ArcSwap::from_pointee(Caches::new(config)),
             epoch: AtomicU64::new(0),
+        }
+    }
+
+    /// Applies changed cache settings (config reload). moka caches cannot be resized, so
+    /// new settings start new, empty caches: expect a burst of store loads after such a
+    /// reload. Unchanged settings keep the warm caches.
+    pub fn reconfigure(&self, config: &CacheConfig) {
+        if self.caches.load().config != *config {
+            self.caches.store(Arc::new(Caches::new(config)));
         }
     }
 
@@ -241,7 +267,9 @@ impl Verifier {
     /// Checks a well-formed key's hash: it must exist, be enabled and unexpired, and belong
     /// to an active user.
     pub async fn verify(&self, hash: &KeyHash) -> Result<Principal, Refusal> {
-        let entry = self.key_entry(hash).await?;
+        // One set of caches for the whole decision, even if a reload swaps them meanwhile.
+        let caches = self.caches.load_full();
+        let entry = self.key_entry(&caches, hash).await?;
         let key = match &*entry {
             KeyEntry::Known { key, .. } => key.clone(),
             KeyEntry::Unknown { .. } => return Err(Refusal::InvalidKey),
@@ -252,7 +280,7 @@ impl Verifier {
         if key.expires_at.is_some_and(|at| at <= Utc::now()) {
             return Err(Refusal::KeyExpired);
         }
-        let user_entry = self.user_entry(&key.owner).await?;
+        let user_entry = self.user_entry(&caches, &key.owner).await?;
         let Some(user) = user_entry.user.clone() else {
             return Err(Refusal::InvalidKey);
         };
@@ -273,22 +301,26 @@ impl Verifier {
 
     /// Forgets a key, a user, or every user in a group (used when an admin change lands).
     pub async fn evict_key(&self, hash: &KeyHash) {
-        self.keys.invalidate(hash).await;
+        self.caches.load().keys.invalidate(hash).await;
     }
 
     pub async fn evict_user(&self, id: &str) {
-        self.users.invalidate(id).await;
+        self.caches.load().users.invalidate(id).await;
     }
 
     pub fn evict_group(&self, group: &str) {
         let group = group.to_owned();
         // Only fails when closures are unsupported, which this cache was built with.
-        let _ = self.users.invalidate_entries_if(move |_, entry| {
-            entry
-                .user
-                .as_ref()
-                .is_some_and(|u| u.groups.contains(&group))
-        });
+        let _ = self
+            .caches
+            .load()
+            .users
+            .invalidate_entries_if(move |_, entry| {
+                entry
+                    .user
+                    .as_ref()
+                    .is_some_and(|u| u.groups.contains(&group))
+            });
     }
 
     /// After invalidation events may have been missed: every cached entry must be checked
@@ -305,7 +337,7 @@ impl Verifier {
         }
     }
 
-    async fn key_entry(&self, hash: &KeyHash) -> Result<Arc<KeyEntry>, Refusal> {
+    async fn key_entry(&self, caches: &Caches, hash: &KeyHash) -> Result<Arc<KeyEntry>, Refusal> {
         let load = || async {
             // Stamped before the load: an epoch bump during it leaves the result unfresh.
             let stamp = self.stamp_now();
@@ -315,26 +347,26 @@ impl Verifier {
             // The same round trip brought the owner: cache it too.
             let owner = bundle.key.owner.clone();
             let user = UserEntry::from_bundle(bundle.owner, stamp);
-            self.users.insert(owner, Arc::new(user)).await;
+            caches.users.insert(owner, Arc::new(user)).await;
             Ok(KeyEntry::Known {
                 key: Arc::new(CachedKey::from_record(&bundle.key)),
                 stamp,
             })
         };
-        let (entry, lookup) = read_through(&self.keys, hash, &self.epoch, &self.policy, load)
+        let (entry, lookup) = read_through(&caches.keys, hash, &self.epoch, &caches.policy, load)
             .await
             .map_err(outage_refusal)?;
         telemetry::record_cache_lookup(lookup.label());
         Ok(entry)
     }
 
-    async fn user_entry(&self, id: &str) -> Result<Arc<UserEntry>, Refusal> {
+    async fn user_entry(&self, caches: &Caches, id: &str) -> Result<Arc<UserEntry>, Refusal> {
         let load = || async {
             let stamp = self.stamp_now();
             let bundle = self.store.load_user(id).await?;
             Ok(UserEntry::from_bundle(bundle, stamp))
         };
-        let (entry, _) = read_through(&self.users, id, &self.epoch, &self.policy, load)
+        let (entry, _) = read_through(&caches.users, id, &self.epoch, &caches.policy, load)
             .await
             .map_err(outage_refusal)?;
         Ok(entry)

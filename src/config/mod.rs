@@ -75,7 +75,7 @@ pub struct Config {
     raw: RawConfig,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProxyConfig {
     pub listen: SocketAddr,
     pub tls: Option<TlsFiles>,
@@ -84,13 +84,13 @@ pub struct ProxyConfig {
     pub max_headers: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsFiles {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
     pub token_env: String,
@@ -98,12 +98,12 @@ pub struct AdminConfig {
     pub token: Option<Secret>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StatusConfig {
     pub listen: SocketAddr,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoreConfig {
     pub backend: StoreBackend,
     pub embedded_path: PathBuf,
@@ -111,7 +111,7 @@ pub struct StoreConfig {
     pub redis_key_prefix: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CacheConfig {
     pub max_entries: u64,
     pub ttl: Duration,
@@ -119,7 +119,7 @@ pub struct CacheConfig {
     pub stale_if_error: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct KeysConfig {
     pub prefix: String,
     pub headers: Vec<HeaderName>,
@@ -128,13 +128,13 @@ pub struct KeysConfig {
     pub allow_never_expires: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IdentityConfig {
     /// As configured (`X-Keygate-`), used to build outgoing header names.
     pub header_prefix: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub pool_idle_timeout: Duration,
@@ -142,16 +142,17 @@ pub struct UpstreamConfig {
     pub ca_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ShutdownConfig {
     pub delay: Duration,
     pub grace: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
+    pub access: bool,
 }
 
 impl Default for LogConfig {
@@ -160,6 +161,7 @@ impl Default for LogConfig {
         Self {
             format: raw.format,
             level: raw.level,
+            access: raw.access,
         }
     }
 }
@@ -417,6 +419,7 @@ pub fn validate(
             }
             raw.log.level.clone()
         },
+        access: raw.log.access,
     };
 
     if raw.routes.is_empty() {

@@ -267,6 +267,8 @@ pub struct RawLog {
     pub format: LogFormat,
     /// A `tracing` filter such as `info` or `keygate=debug,info`; `RUST_LOG` overrides it.
     pub level: String,
+    /// One line per proxied request (target `keygate::access`).
+    pub access: bool,
 }
 
 impl Default for RawLog {
@@ -274,6 +276,7 @@ impl Default for RawLog {
         Self {
             format: LogFormat::Text,
             level: "info".into(),
+            access: true,
         }
     }
 }

@@ -12,7 +12,9 @@ pub mod route;
 use std::convert::Infallible;
 use std::io;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -21,8 +23,9 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Authenticator, Caller, IdentityHeaders};
-use crate::config::{Config, RouteConfig};
+use crate::auth::verifier::CachedKey;
+use crate::auth::{Authenticator, Caller, IdentityHeaders, Verifier};
+use crate::config::{Config, RouteConfig, UpstreamConfig};
 use crate::server::ConnInfo;
 use crate::telemetry;
 use crate::usage::Usage;
@@ -34,94 +37,170 @@ use route::Router;
 /// Bodies stream through untouched; refusals are small and complete.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
-pub struct Proxy {
+/// Everything a config reload replaces. A request keeps the state it started with, so a
+/// reload never changes the rules half-way through a request.
+pub struct ProxyState {
     router: Router,
-    auth: Arc<Authenticator>,
+    auth: Authenticator,
     identity: IdentityHeaders,
-    upstreams: Upstreams,
+    /// Shared between states while `upstream` settings are unchanged, so a reload keeps
+    /// the pooled upstream connections.
+    upstreams: Arc<Upstreams>,
+    upstream_config: UpstreamConfig,
+    access_log: bool,
+}
+
+impl ProxyState {
+    fn build(
+        config: &Config,
+        verifier: Arc<Verifier>,
+        previous: Option<&ProxyState>,
+    ) -> io::Result<Self> {
+        let upstreams = match previous {
+            Some(p) if p.upstream_config == config.upstream => p.upstreams.clone(),
+            _ => Arc::new(Upstreams::new(&config.upstream)?),
+        };
+        Ok(Self {
+            router: Router::new(&config.routes),
+            auth: Authenticator::new(config, verifier),
+            identity: IdentityHeaders::new(&config.identity.header_prefix),
+            upstreams,
+            upstream_config: config.upstream.clone(),
+            access_log: config.log.access,
+        })
+    }
+}
+
+pub struct Proxy {
+    state: ArcSwap<ProxyState>,
+    verifier: Arc<Verifier>,
     usage: Arc<Usage>,
     /// Upgraded connections (WebSocket) outlive their request; shutdown waits for them here.
     tunnels: TaskTracker,
 }
 
+/// What happened to one request, for metrics and the access log.
+struct Exchange {
+    request_id: HeaderValue,
+    started: Instant,
+    route: Option<Arc<str>>,
+    /// `ok`, `anonymous`, `unchecked` (auth: none), or the refusal code.
+    decision: &'static str,
+    key: Option<Arc<CachedKey>>,
+    upstream: Option<Duration>,
+}
+
 impl Proxy {
     pub fn new(
         config: &Config,
-        auth: Arc<Authenticator>,
+        verifier: Arc<Verifier>,
         usage: Arc<Usage>,
         tunnels: TaskTracker,
     ) -> io::Result<Self> {
+        let state = ProxyState::build(config, verifier.clone(), None)?;
         Ok(Self {
-            router: Router::new(&config.routes),
-            auth,
-            identity: IdentityHeaders::new(&config.identity.header_prefix),
-            upstreams: Upstreams::new(&config.upstream)?,
+            state: ArcSwap::from_pointee(state),
+            verifier,
             usage,
             tunnels,
         })
     }
 
+    /// Builds the state a new config asks for (routes, key headers, identity prefix,
+    /// upstream and log settings) without using it yet.
+    pub fn prepare(&self, config: &Config) -> io::Result<ProxyState> {
+        ProxyState::build(config, self.verifier.clone(), Some(&self.state.load()))
+    }
+
+    /// Requests that start from now on use `state`; those in flight finish with theirs.
+    pub fn commit(&self, state: ProxyState) {
+        self.state.store(Arc::new(state));
+    }
+
     /// The hyper service entry point: never fails, every outcome is a response.
     pub async fn handle(
         self: Arc<Self>,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         conn: ConnInfo,
     ) -> Result<Response<ProxyBody>, Infallible> {
-        let started = Instant::now();
-        let request_id = rewrite::request_id(req.headers());
-        if let Some(path) = route::normalize_path(req.uri().path()) {
-            if let Err(refusal) = replace_path(&mut req, &path) {
-                return Ok(self.refuse(&refusal, None, request_id, started));
-            }
-        }
-        let route = match self
-            .router
-            .find(req.method(), request_host(&req), req.uri().path())
-        {
-            Some(route) => route.clone(),
-            None => return Ok(self.refuse(&Refusal::NoRoute, None, request_id, started)),
+        let state = self.state.load_full();
+        let mut exchange = Exchange {
+            request_id: rewrite::request_id(req.headers()),
+            started: Instant::now(),
+            route: None,
+            decision: "unchecked",
+            key: None,
+            upstream: None,
         };
-        let mut response = match self.forward(&route, req, &conn, &request_id).await {
+        // Cheap clones (shared bytes) for the access log: the request itself moves upstream.
+        let (method, uri) = (req.method().clone(), req.uri().clone());
+        let mut response = match self.process(&state, req, &conn, &mut exchange).await {
             Ok(response) => response.map(Either::Left),
-            Err(refusal) => return Ok(self.refuse(&refusal, Some(&route), request_id, started)),
+            Err(refusal) => refusal::render(&refusal, &exchange.request_id).map(Either::Right),
         };
         response
             .headers_mut()
-            .insert(rewrite::X_REQUEST_ID, request_id);
-        telemetry::record_http_request(&route.name, response.status(), started.elapsed());
+            .insert(rewrite::X_REQUEST_ID, exchange.request_id.clone());
+        let route_label = exchange
+            .route
+            .as_deref()
+            .unwrap_or(telemetry::NO_ROUTE_LABEL);
+        let elapsed = exchange.started.elapsed();
+        telemetry::record_http_request(route_label, response.status(), elapsed);
+        if state.access_log {
+            access_log(&exchange, &method, &uri, &conn, response.status(), elapsed);
+        }
         Ok(response)
     }
 
-    /// respond + record for a request that ends in a refusal.
-    fn refuse(
+    /// route → authenticate → authorize → rewrite → forward.
+    async fn process(
         &self,
-        refusal: &Refusal,
-        route: Option<&RouteConfig>,
-        request_id: HeaderValue,
-        started: Instant,
-    ) -> Response<ProxyBody> {
-        let response = refusal::render(refusal, &request_id).map(Either::Right);
-        let route_label = route.map_or(telemetry::NO_ROUTE_LABEL, |r| &r.name);
-        telemetry::record_http_request(route_label, response.status(), started.elapsed());
-        response
+        state: &ProxyState,
+        mut req: Request<Incoming>,
+        conn: &ConnInfo,
+        exchange: &mut Exchange,
+    ) -> Result<Response<Incoming>, Refusal> {
+        if let Some(path) = route::normalize_path(req.uri().path()) {
+            replace_path(&mut req, &path)?;
+        }
+        let route = state
+            .router
+            .find(req.method(), request_host(&req), req.uri().path())
+            .ok_or(Refusal::NoRoute)?
+            .clone();
+        exchange.route = Some(route.name.clone());
+
+        let caller = state.auth.authenticate(route.auth, req.headers()).await;
+        let caller = caller.inspect_err(|r| exchange.decision = r.code())?;
+        let authorized = state.auth.authorize(&caller, &route.require);
+        exchange.decision = match (&authorized, &caller) {
+            (Err(r), _) => r.code(),
+            (Ok(()), Caller::Key(_)) => "ok",
+            (Ok(()), Caller::Anonymous) => "anonymous",
+            (Ok(()), Caller::Unchecked) => "unchecked",
+        };
+        authorized?;
+        if let Caller::Key(principal) = &caller {
+            self.usage.record(&principal.key.id);
+            exchange.key = Some(principal.key.clone());
+        }
+        self.forward(state, &route, req, conn, &caller, exchange)
+            .await
     }
 
-    /// authenticate → authorize → rewrite → forward, for a request that matched `route`.
+    /// rewrite → forward → the upstream's response.
     async fn forward(
         &self,
+        state: &ProxyState,
         route: &Arc<RouteConfig>,
         mut req: Request<Incoming>,
         conn: &ConnInfo,
-        request_id: &HeaderValue,
+        caller: &Caller,
+        exchange: &mut Exchange,
     ) -> Result<Response<Incoming>, Refusal> {
         // Upgrades are an HTTP/1.1 mechanism on both sides; on an HTTP/2 upstream the
         // request goes through as a plain request without its upgrade headers.
-        let caller = self.auth.authenticate(route.auth, req.headers()).await?;
-        self.auth.authorize(&caller, &route.require)?;
-        if let Caller::Key(principal) = &caller {
-            self.usage.record(&principal.key.id);
-        }
-
         let upgrade = req.version() == Version::HTTP_11
             && !route.upstream_http2
             && rewrite::wants_upgrade(req.headers());
@@ -140,9 +219,9 @@ impl Proxy {
 
         let headers = req.headers_mut();
         rewrite::strip_hop_by_hop(headers, upgrade);
-        self.auth.strip_credentials(headers);
-        rewrite::strip_identity_headers(headers, &self.identity.prefix);
-        self.identity.add(headers, &caller);
+        state.auth.strip_credentials(headers);
+        rewrite::strip_identity_headers(headers, &state.identity.prefix);
+        state.identity.add(headers, caller);
         rewrite::set_forwarding_headers(
             headers,
             &ClientSide {
@@ -151,7 +230,7 @@ impl Proxy {
                 host: original_host.as_ref(),
             },
         );
-        headers.insert(rewrite::X_REQUEST_ID, request_id.clone());
+        headers.insert(rewrite::X_REQUEST_ID, exchange.request_id.clone());
         match (&original_host, route.preserve_host) {
             (Some(host), true) => {
                 headers.insert(header::HOST, host.clone());
@@ -169,11 +248,13 @@ impl Proxy {
         };
 
         let sent = Instant::now();
-        let result = self
+        let result = state
             .upstreams
             .send(req, route.upstream_http2, route.timeout)
             .await;
-        telemetry::record_upstream_duration(&route.name, sent.elapsed());
+        let upstream_elapsed = sent.elapsed();
+        exchange.upstream = Some(upstream_elapsed);
+        telemetry::record_upstream_duration(&route.name, upstream_elapsed);
         let mut response = result.map_err(|e| {
             tracing::warn!(route = %route.name, error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
             match e {
@@ -195,6 +276,33 @@ impl Proxy {
         rewrite::strip_hop_by_hop(response.headers_mut(), switched && upgrade);
         Ok(response)
     }
+}
+
+/// One line per request (`target: keygate::access`): ids, route, decision, status and
+/// timings. The path is logged without its query string, which may carry secrets; the
+/// key appears only as its id.
+fn access_log(
+    x: &Exchange,
+    method: &http::Method,
+    uri: &Uri,
+    conn: &ConnInfo,
+    status: http::StatusCode,
+    elapsed: Duration,
+) {
+    tracing::info!(
+        target: "keygate::access",
+        request_id = x.request_id.to_str().unwrap_or_default(),
+        client = %conn.peer.ip(),
+        method = method.as_str(),
+        path = uri.path(),
+        route = x.route.as_deref().unwrap_or("-"),
+        status = status.as_u16(),
+        decision = x.decision,
+        key_id = x.key.as_ref().map_or("-", |k| &*k.id),
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        upstream_ms = x.upstream.map(|d| d.as_secs_f64() * 1000.0),
+        "request"
+    );
 }
 
 /// The host the client addressed: the request target's authority when it has one

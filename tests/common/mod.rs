@@ -28,6 +28,8 @@ pub struct Gateway {
     pub admin: SocketAddr,
     pub status: SocketAddr,
     pub log: Arc<Mutex<String>>,
+    /// The config file keygate was started with (rewrite it, then `sighup()`).
+    pub config_path: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -39,21 +41,8 @@ impl Gateway {
 
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
-        let mut text = String::new();
-        // Only a top-level key overrides a listener (`key_prefix: 'kgadmin:'` must not).
-        let has_section = |name: &str| config.lines().any(|l| l.starts_with(&format!("{name}:")));
-        if !has_section("proxy") {
-            text.push_str("proxy: { listen: \"127.0.0.1:0\" }\n");
-        }
-        if !has_section("admin") {
-            text.push_str("admin: { listen: \"127.0.0.1:0\" }\n");
-        }
-        if !has_section("status") {
-            text.push_str("status: { listen: \"127.0.0.1:0\" }\n");
-        }
-        text.push_str(config);
         let path = dir.path().join("keygate.yaml");
-        std::fs::write(&path, text).unwrap();
+        std::fs::write(&path, with_test_listeners(config)).unwrap();
 
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")
@@ -76,6 +65,7 @@ impl Gateway {
             admin: addrs["admin"],
             status: addrs["status"],
             log,
+            config_path: path,
             _dir: dir,
         }
     }
@@ -93,12 +83,40 @@ impl Gateway {
     }
 
     pub fn sigterm(&self) {
+        self.signal("-TERM");
+    }
+
+    /// Replaces the config file (listeners on 127.0.0.1:0 added as at start); pair with
+    /// `sighup()`.
+    pub fn rewrite_config(&self, config: &str) {
+        std::fs::write(&self.config_path, with_test_listeners(config)).unwrap();
+    }
+
+    /// Asks keygate to reload its config file.
+    pub fn sighup(&self) {
+        self.signal("-HUP");
+    }
+
+    fn signal(&self, which: &str) {
         let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([which, &self.child.id().to_string()])
             .status()
             .unwrap()
             .success();
-        assert!(ok, "kill -TERM failed");
+        assert!(ok, "kill {which} failed");
+    }
+
+    /// Waits (bounded: 10 s) until the log contains `needle` `count` times.
+    pub fn wait_for_log(&self, needle: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.log().matches(needle).count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "log never showed `{needle}` {count}×:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Waits (bounded) for the process to exit.
@@ -143,6 +161,20 @@ impl Drop for Gateway {
     }
 }
 
+/// `config` with every listener it does not set put on 127.0.0.1:0. Only a top-level key
+/// counts (`key_prefix: 'kgadmin:'` must not).
+fn with_test_listeners(config: &str) -> String {
+    let has_section = |name: &str| config.lines().any(|l| l.starts_with(&format!("{name}:")));
+    let mut text = String::new();
+    for listener in ["proxy", "admin", "status"] {
+        if !has_section(listener) {
+            text.push_str(&format!("{listener}: {{ listen: \"127.0.0.1:0\" }}\n"));
+        }
+    }
+    text.push_str(config);
+    text
+}
+
 type Addrs = Arc<Mutex<HashMap<String, SocketAddr>>>;
 
 /// Copies the child's stderr into a buffer and picks out `listening listener=… addr=…`.
@@ -167,6 +199,11 @@ fn capture_log(stderr: std::process::ChildStderr) -> (Arc<Mutex<String>>, Addrs)
 fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
     if !line.contains("listening") {
         return None;
+    }
+    if line.starts_with('{') {
+        let entry: serde_json::Value = serde_json::from_str(line).ok()?;
+        let name = entry["listener"].as_str()?.to_owned();
+        return Some((name, entry["addr"].as_str()?.parse().ok()?));
     }
     let name = line
         .split("listener=")
