@@ -245,6 +245,7 @@ impl Gateway {
             .router
             .find(&Method::GET, host, uri.path())
             .expect("route")
+            .config
             .clone();
         let caller = self.decide(route.auth, &headers, &route.require);
         if let Caller::Key(principal) = &caller {
@@ -315,7 +316,11 @@ fn bench(c: &mut Criterion) {
         )
     });
 
-    let route = router.find(&Method::GET, None, uri.path()).unwrap().clone();
+    let route = router
+        .find(&Method::GET, None, uri.path())
+        .unwrap()
+        .config
+        .clone();
     c.bench_function("upstream_uri", |b| {
         b.iter(|| {
             rewrite::upstream_uri(&route.upstream, black_box(&uri), Some(&route.path_prefix))
@@ -379,9 +384,10 @@ fn bench(c: &mut Criterion) {
     // The recorder keeps every histogram sample until upkeep or a /metrics render drains
     // it, so the timed loop is followed by an (untimed) upkeep to bound the memory.
     let elapsed = Duration::from_micros(850);
+    let route_metrics = telemetry::RouteMetrics::new("api");
     let record = || {
-        telemetry::record_upstream_duration(black_box("api"), elapsed);
-        telemetry::record_http_request(black_box("api"), http::StatusCode::OK, elapsed);
+        route_metrics.record_upstream(black_box(elapsed));
+        route_metrics.record_request(http::StatusCode::OK, black_box(elapsed));
     };
     const PROBE: usize = 100_000;
     metrics.run_upkeep();
@@ -446,7 +452,11 @@ fn report_allocations(gateway: &Gateway, uri: &Uri, headers: &HeaderMap, require
         panic!("a key was presented");
     };
     let usage = allocations_per_call(N, || (), |()| gateway.usage.record(&principal.key.id));
-    let route = gateway.router.find(&Method::GET, None, uri.path()).unwrap();
+    let route = &gateway
+        .router
+        .find(&Method::GET, None, uri.path())
+        .unwrap()
+        .config;
     let strip = route.strip_prefix.then_some(route.path_prefix.as_str());
     let upstream = allocations_per_call(
         N,

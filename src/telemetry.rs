@@ -4,9 +4,11 @@
 //! config, status codes, fixed result words) — never key ids, paths or client input.
 
 use std::io::IsTerminal;
+use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
 use http::StatusCode;
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::config::{LogConfig, LogFormat};
@@ -57,28 +59,117 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
     Ok(handle)
 }
 
-pub fn record_http_request(route: &str, status: StatusCode, elapsed: Duration) {
-    let labels = [
-        ("route", route.to_owned()),
-        ("code", status.as_str().to_owned()),
-    ];
-    metrics::counter!(HTTP_REQUESTS_TOTAL, &labels).increment(1);
-    metrics::histogram!(HTTP_REQUEST_DURATION_SECONDS, "route" => route.to_owned()).record(elapsed);
+/// The metric handles of one route, registered on first use and then reused: recording a
+/// request is a few atomic adds, with no label strings built and no registry lookup.
+pub struct RouteMetrics {
+    route: String,
+    /// `keygate_http_requests_total{route,code}` for status codes 100..=599.
+    requests: Box<[OnceLock<Counter>]>,
+    duration: OnceLock<Histogram>,
+    upstream: OnceLock<Histogram>,
 }
 
-pub fn record_upstream_duration(route: &str, elapsed: Duration) {
-    metrics::histogram!(UPSTREAM_REQUEST_DURATION_SECONDS, "route" => route.to_owned())
-        .record(elapsed);
+impl RouteMetrics {
+    pub fn new(route: &str) -> Self {
+        Self {
+            route: route.to_owned(),
+            requests: (100..600).map(|_| OnceLock::new()).collect(),
+            duration: OnceLock::new(),
+            upstream: OnceLock::new(),
+        }
+    }
+
+    /// For requests that matched no route.
+    pub fn unrouted() -> &'static RouteMetrics {
+        static UNROUTED: LazyLock<RouteMetrics> =
+            LazyLock::new(|| RouteMetrics::new(NO_ROUTE_LABEL));
+        &UNROUTED
+    }
+
+    pub fn record_request(&self, status: StatusCode, elapsed: Duration) {
+        let slot = usize::from(status.as_u16())
+            .checked_sub(100)
+            .and_then(|i| self.requests.get(i));
+        let counter = |status: StatusCode| metrics::counter!(HTTP_REQUESTS_TOTAL, "route" => self.route.clone(), "code" => status.as_str().to_owned());
+        match slot {
+            Some(slot) => slot.get_or_init(|| counter(status)).increment(1),
+            None => counter(status).increment(1),
+        }
+        self.duration
+            .get_or_init(|| metrics::histogram!(HTTP_REQUEST_DURATION_SECONDS, "route" => self.route.clone()))
+            .record(elapsed);
+    }
+
+    pub fn record_upstream(&self, elapsed: Duration) {
+        self.upstream
+            .get_or_init(|| metrics::histogram!(UPSTREAM_REQUEST_DURATION_SECONDS, "route" => self.route.clone()))
+            .record(elapsed);
+    }
 }
+
+/// Counters of one metric whose single label takes values from a fixed list; handles are
+/// made on first use so the hot path never touches the registry.
+struct FixedLabelCounters<const N: usize> {
+    name: &'static str,
+    label: &'static str,
+    values: [&'static str; N],
+    handles: [OnceLock<Counter>; N],
+}
+
+impl<const N: usize> FixedLabelCounters<N> {
+    const fn new(name: &'static str, label: &'static str, values: [&'static str; N]) -> Self {
+        Self {
+            name,
+            label,
+            values,
+            handles: [const { OnceLock::new() }; N],
+        }
+    }
+
+    fn increment(&self, value: &'static str) {
+        match self.values.iter().position(|v| *v == value) {
+            Some(i) => self.handles[i]
+                .get_or_init(|| metrics::counter!(self.name, self.label => value))
+                .increment(1),
+            None => metrics::counter!(self.name, self.label => value).increment(1),
+        }
+    }
+}
+
+static AUTH_DECISIONS: FixedLabelCounters<13> = FixedLabelCounters::new(
+    AUTH_DECISIONS_TOTAL,
+    "result",
+    [
+        "ok",
+        "anonymous",
+        "invalid_key",
+        "missing_key",
+        "key_expired",
+        "key_disabled",
+        "user_inactive",
+        "insufficient_permissions",
+        "rate_limited",
+        "auth_unavailable",
+        "invalid_request",
+        "no_route",
+        "upstream_unavailable",
+    ],
+);
+
+static CACHE_LOOKUPS: FixedLabelCounters<4> = FixedLabelCounters::new(
+    AUTH_CACHE_LOOKUPS_TOTAL,
+    "result",
+    ["hit", "miss", "negative_hit", "stale"],
+);
 
 /// `result` is `ok`, `anonymous`, or a refusal code.
 pub fn record_auth_decision(result: &'static str) {
-    metrics::counter!(AUTH_DECISIONS_TOTAL, "result" => result).increment(1);
+    AUTH_DECISIONS.increment(result);
 }
 
 /// `result` is `hit`, `miss`, `negative_hit` or `stale`.
 pub fn record_cache_lookup(result: &'static str) {
-    metrics::counter!(AUTH_CACHE_LOOKUPS_TOTAL, "result" => result).increment(1);
+    CACHE_LOOKUPS.increment(result);
 }
 
 pub fn record_store_request<T>(

@@ -399,8 +399,8 @@ async fn sigterm_drains_in_flight_requests_while_readyz_is_503() {
     let mut gw = Gateway::start(&format!(
         "shutdown: {{ delay: 500ms, grace: 10s }}\nroutes:\n  - {{ name: slow, upstream: 'http://{slow}', auth: none }}\n"
     ));
-    let c = client();
-    assert_eq!(get(&c, &gw.status_url("/readyz")).await.status, 200);
+    // Ready once the store has answered its first ping, a moment after the listeners bind.
+    wait_for_status(&client(), &gw.status_url("/readyz"), StatusCode::OK).await;
 
     let url = gw.url("/work");
     let in_flight = tokio::spawn(async move { get(&client(), &url).await });

@@ -25,14 +25,14 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::verifier::CachedKey;
 use crate::auth::{Authenticator, Caller, IdentityHeaders, Verifier};
-use crate::config::{Config, RouteConfig, UpstreamConfig};
+use crate::config::{Config, UpstreamConfig};
 use crate::server::ConnInfo;
-use crate::telemetry;
+use crate::telemetry::RouteMetrics;
 use crate::usage::Usage;
 use forward::{ForwardError, Upstreams};
 pub use refusal::Refusal;
 use rewrite::ClientSide;
-use route::Router;
+use route::{Route, Router};
 
 /// Bodies stream through untouched; refusals are small and complete.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -83,7 +83,7 @@ pub struct Proxy {
 struct Exchange {
     request_id: HeaderValue,
     started: Instant,
-    route: Option<Arc<str>>,
+    route: Option<Route>,
     /// `ok`, `anonymous`, `unchecked` (auth: none), or the refusal code.
     decision: &'static str,
     key: Option<Arc<CachedKey>>,
@@ -141,12 +141,12 @@ impl Proxy {
         response
             .headers_mut()
             .insert(rewrite::X_REQUEST_ID, exchange.request_id.clone());
-        let route_label = exchange
-            .route
-            .as_deref()
-            .unwrap_or(telemetry::NO_ROUTE_LABEL);
         let elapsed = exchange.started.elapsed();
-        telemetry::record_http_request(route_label, response.status(), elapsed);
+        let metrics = exchange
+            .route
+            .as_ref()
+            .map_or(RouteMetrics::unrouted(), |r| &*r.metrics);
+        metrics.record_request(response.status(), elapsed);
         if state.access_log {
             access_log(&exchange, &method, &uri, &conn, response.status(), elapsed);
         }
@@ -169,11 +169,14 @@ impl Proxy {
             .find(req.method(), request_host(&req), req.uri().path())
             .ok_or(Refusal::NoRoute)?
             .clone();
-        exchange.route = Some(route.name.clone());
+        exchange.route = Some(route.clone());
 
-        let caller = state.auth.authenticate(route.auth, req.headers()).await;
+        let caller = state
+            .auth
+            .authenticate(route.config.auth, req.headers())
+            .await;
         let caller = caller.inspect_err(|r| exchange.decision = r.code())?;
-        let authorized = state.auth.authorize(&caller, &route.require);
+        let authorized = state.auth.authorize(&caller, &route.config.require);
         exchange.decision = match (&authorized, &caller) {
             (Err(r), _) => r.code(),
             (Ok(()), Caller::Key(_)) => "ok",
@@ -193,7 +196,7 @@ impl Proxy {
     async fn forward(
         &self,
         state: &ProxyState,
-        route: &Arc<RouteConfig>,
+        route: &Route,
         mut req: Request<Incoming>,
         conn: &ConnInfo,
         caller: &Caller,
@@ -202,15 +205,18 @@ impl Proxy {
         // Upgrades are an HTTP/1.1 mechanism on both sides; on an HTTP/2 upstream the
         // request goes through as a plain request without its upgrade headers.
         let upgrade = req.version() == Version::HTTP_11
-            && !route.upstream_http2
+            && !route.config.upstream_http2
             && rewrite::wants_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
         let original_host = request_host_value(&req);
         let uri = rewrite::upstream_uri(
-            &route.upstream,
+            &route.config.upstream,
             req.uri(),
-            route.strip_prefix.then_some(route.path_prefix.as_str()),
+            route
+                .config
+                .strip_prefix
+                .then_some(route.config.path_prefix.as_str()),
         )
         .map_err(|e| {
             tracing::debug!(error = %e, "request path cannot be forwarded");
@@ -231,7 +237,7 @@ impl Proxy {
             },
         );
         headers.insert(rewrite::X_REQUEST_ID, exchange.request_id.clone());
-        match (&original_host, route.preserve_host) {
+        match (&original_host, route.config.preserve_host) {
             (Some(host), true) => {
                 headers.insert(header::HOST, host.clone());
             }
@@ -241,7 +247,7 @@ impl Proxy {
             }
         }
         *req.uri_mut() = uri;
-        *req.version_mut() = if route.upstream_http2 {
+        *req.version_mut() = if route.config.upstream_http2 {
             Version::HTTP_2
         } else {
             Version::HTTP_11
@@ -250,13 +256,13 @@ impl Proxy {
         let sent = Instant::now();
         let result = state
             .upstreams
-            .send(req, route.upstream_http2, route.timeout)
+            .send(req, route.config.upstream_http2, route.config.timeout)
             .await;
         let upstream_elapsed = sent.elapsed();
         exchange.upstream = Some(upstream_elapsed);
-        telemetry::record_upstream_duration(&route.name, upstream_elapsed);
+        route.metrics.record_upstream(upstream_elapsed);
         let mut response = result.map_err(|e| {
-            tracing::warn!(route = %route.name, error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
+            tracing::warn!(route = %route.config.name, error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
             match e {
                 ForwardError::Timeout(_) => Refusal::UpstreamTimeout,
                 ForwardError::Failed(_) => Refusal::UpstreamUnavailable,
@@ -270,7 +276,7 @@ impl Proxy {
                 &self.tunnels,
                 client_upgrade,
                 upstream_upgrade,
-                route.name.clone(),
+                route.config.name.clone(),
             );
         }
         rewrite::strip_hop_by_hop(response.headers_mut(), switched && upgrade);
@@ -295,7 +301,7 @@ fn access_log(
         client = %conn.peer.ip(),
         method = method.as_str(),
         path = uri.path(),
-        route = x.route.as_deref().unwrap_or("-"),
+        route = x.route.as_ref().map_or("-", |r| &*r.config.name),
         status = status.as_u16(),
         decision = x.decision,
         key_id = x.key.as_ref().map_or("-", |k| &*k.id),

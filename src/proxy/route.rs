@@ -5,26 +5,36 @@ use std::sync::Arc;
 use http::Method;
 
 use crate::config::RouteConfig;
+use crate::telemetry::RouteMetrics;
 
 pub struct Router {
-    routes: Vec<Arc<RouteConfig>>,
+    routes: Vec<Route>,
+}
+
+/// A configured route with the metric handles it records into.
+#[derive(Clone)]
+pub struct Route {
+    pub config: Arc<RouteConfig>,
+    pub metrics: Arc<RouteMetrics>,
 }
 
 impl Router {
     pub fn new(routes: &[RouteConfig]) -> Self {
         Self {
-            routes: routes.iter().cloned().map(Arc::new).collect(),
+            routes: routes
+                .iter()
+                .map(|r| Route {
+                    metrics: Arc::new(RouteMetrics::new(&r.name)),
+                    config: Arc::new(r.clone()),
+                })
+                .collect(),
         }
     }
 
     /// `host` is the request's `Host` header or `:authority`, port included if sent.
-    pub fn find(
-        &self,
-        method: &Method,
-        host: Option<&str>,
-        path: &str,
-    ) -> Option<&Arc<RouteConfig>> {
-        self.routes.iter().find(|r| {
+    pub fn find(&self, method: &Method, host: Option<&str>, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|route| {
+            let r = &route.config;
             path_matches(&r.path_prefix, path)
                 && r.host
                     .as_deref()
@@ -121,7 +131,7 @@ mod tests {
 
     fn name(r: &Router, method: &str, host: Option<&str>, path: &str) -> Option<String> {
         r.find(&method.parse().unwrap(), host, path)
-            .map(|r| r.name.to_string())
+            .map(|r| r.config.name.to_string())
     }
 
     const ROUTES: &str = "
