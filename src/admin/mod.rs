@@ -2,6 +2,7 @@
 //! It meets the data plane only through the store and invalidation [`crate::events`].
 
 pub mod caller;
+pub mod console;
 pub mod error;
 pub mod keys;
 pub mod openapi;
@@ -110,6 +111,8 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/audit", get(users::audit))
         .route("/v1/whoami", get(users::whoami))
         .route("/openapi.json", get(openapi::document))
+        .route("/", get(console::index))
+        .route("/console/{file}", get(console::asset))
         .fallback(|| async { ApiError::NotFound("endpoint".into()) })
         .layer(middleware::from_fn(with_request_id))
         .with_state(state)
