@@ -155,6 +155,7 @@ async fn seed(store: &dyn Store) -> Vec<KeyHash> {
             permissions: vec!["billing:read".into()],
             created_at: now,
             updated_at: now,
+            rate_limit: None,
         })
         .await
         .unwrap();
@@ -177,6 +178,7 @@ async fn seed(store: &dyn Store) -> Vec<KeyHash> {
                 permissions: None,
                 created_by: "bench".into(),
                 meta: None,
+                rate_limit: None,
             }
         })
         .collect();

@@ -163,6 +163,7 @@ fn seeded_store(rt: &Runtime, dir: &tempfile::TempDir) -> (Arc<dyn Store>, Strin
                 permissions: vec!["billing:read".into()],
                 created_at: now,
                 updated_at: now,
+                rate_limit: None,
             })
             .await
             .unwrap();
@@ -183,6 +184,7 @@ fn seeded_store(rt: &Runtime, dir: &tempfile::TempDir) -> (Arc<dyn Store>, Strin
                 permissions: None,
                 created_by: "bench".into(),
                 meta: None,
+                rate_limit: None,
             })
             .await
             .unwrap();

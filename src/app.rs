@@ -24,6 +24,7 @@ use crate::usage::{self, Usage};
 /// long of its own to finish once the proxy is done.
 const STATUS_GRACE: Duration = Duration::from_secs(1);
 const STORE_PING_INTERVAL: Duration = Duration::from_secs(1);
+const RATE_LIMIT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Runs the gateway until SIGTERM/SIGINT, then drains and returns. SIGHUP reloads the
 /// config file at `path`.
@@ -135,6 +136,11 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
     background.push(tokio::spawn(watch_store(
         store,
         health.clone(),
+        stop_background.clone(),
+    )));
+
+    background.push(tokio::spawn(sweep_rate_limits(
+        proxy.clone(),
         stop_background.clone(),
     )));
 
@@ -264,6 +270,16 @@ fn keep_restart_only(next: &mut Config, running: &Config) -> Vec<&'static str> {
     keep!("log.format", log.format);
     keep!("log.level", log.level);
     kept
+}
+
+/// Drops rate-limit buckets that have refilled, so the table holds only clients near a limit.
+async fn sweep_rate_limits(proxy: Arc<Proxy>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(RATE_LIMIT_SWEEP_INTERVAL) => proxy.limits().sweep(),
+            () = stop.cancelled() => return,
+        }
+    }
 }
 
 /// Pings the store every second: the first answer makes `/readyz` ready (listeners are

@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod echo;
 pub mod events;
+pub mod limits;
 pub mod proxy;
 pub mod server;
 pub mod status;

@@ -23,6 +23,7 @@ pub const AUTH_CACHE_LOOKUPS_TOTAL: &str = "keygate_auth_cache_lookups_total";
 pub const STORE_REQUESTS_TOTAL: &str = "keygate_store_requests_total";
 pub const STORE_REQUEST_DURATION_SECONDS: &str = "keygate_store_request_duration_seconds";
 pub const STORE_UP: &str = "keygate_store_up";
+pub const RATE_LIMITED_TOTAL: &str = "keygate_rate_limited_total";
 pub const EVENTS_RECEIVED_TOTAL: &str = "keygate_events_received_total";
 pub const EVENT_PROPAGATION_SECONDS: &str = "keygate_event_propagation_seconds";
 
@@ -55,6 +56,30 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
         UPSTREAM_REQUEST_DURATION_SECONDS,
         metrics::Unit::Seconds,
         "Time the upstream took to answer with its response head, by route."
+    );
+    let counters = [
+        (AUTH_DECISIONS_TOTAL, "Authentication decisions: ok, anonymous, or the refusal code."),
+        (AUTH_CACHE_LOOKUPS_TOTAL, "Key cache lookups: hit, miss, negative_hit, stale."),
+        (STORE_REQUESTS_TOTAL, "Store calls by operation and result (ok, error, unavailable)."),
+        (EVENTS_RECEIVED_TOTAL, "Invalidation events applied, by kind (key, user, group)."),
+        (RATE_LIMITED_TOTAL, "Requests refused with 429, by the limit hit: key, user, or ip (failed authentications)."),
+    ];
+    for (name, help) in counters {
+        metrics::describe_counter!(name, help);
+    }
+    metrics::describe_histogram!(
+        STORE_REQUEST_DURATION_SECONDS,
+        metrics::Unit::Seconds,
+        "Store call latency by operation."
+    );
+    metrics::describe_histogram!(
+        EVENT_PROPAGATION_SECONDS,
+        metrics::Unit::Seconds,
+        "Time from publishing an invalidation to applying it here (publisher and receiver clocks)."
+    );
+    metrics::describe_gauge!(
+        STORE_UP,
+        "1 when the last store call reached the store, 0 when it could not."
     );
     Ok(handle)
 }
@@ -161,6 +186,14 @@ static CACHE_LOOKUPS: FixedLabelCounters<4> = FixedLabelCounters::new(
     "result",
     ["hit", "miss", "negative_hit", "stale"],
 );
+
+static RATE_LIMITED: FixedLabelCounters<3> =
+    FixedLabelCounters::new(RATE_LIMITED_TOTAL, "scope", ["key", "user", "ip"]);
+
+/// A request refused with 429; `scope` is `key`, `user` or `ip` (failed authentications).
+pub fn record_rate_limited(scope: &'static str) {
+    RATE_LIMITED.increment(scope);
+}
 
 /// `result` is `ok`, `anonymous`, or a refusal code.
 pub fn record_auth_decision(result: &'static str) {

@@ -34,6 +34,7 @@ fn user(id: &str, active: bool, groups: &[&str], permissions: &[&str]) -> User {
         permissions: permissions.iter().map(|s| s.to_string()).collect(),
         created_at: Utc::now(),
         updated_at: Utc::now(),
+        rate_limit: None,
     }
 }
 
@@ -71,6 +72,7 @@ async fn add_key(
         permissions: None,
         created_by: "test".into(),
         meta: None,
+        rate_limit: None,
     };
     edit(&mut record);
     store.insert_key(&record).await.unwrap();
@@ -146,7 +148,10 @@ async fn setup(backend: Backend) -> (Backend, Keys, Gateway) {
     let keys = seed(&*backend.store().await).await;
     let up = echo_upstream().await;
     let gw = Gateway::start(&format!(
-        "{}routes:
+        // The failed-authentication limit per IP has its own tests (tests/limits.rs); here
+        // it would turn the garbage flood's 401s into 429s.
+        "{}limits: {{ failed_auth_per_ip: null }}
+routes:
   - {{ name: open, path_prefix: /open, upstream: 'http://{up}', auth: none }}
   - {{ name: maybe, path_prefix: /maybe, upstream: 'http://{up}', auth: optional }}
   - {{ name: orders-write, path_prefix: /orders/write, upstream: 'http://{up}', require: [orders:write] }}

@@ -126,6 +126,7 @@ fn key(id: &str, owner: &str, tenant: &str) -> KeyRecord {
         permissions: None,
         created_by: "conformance".to_owned(),
         meta: None,
+        rate_limit: None,
     }
 }
 
@@ -140,6 +141,7 @@ fn user(id: &str, tenant: &str, groups: &[&str]) -> User {
         permissions: strings(&["own:read"]),
         created_at: now,
         updated_at: now,
+        rate_limit: None,
     }
 }
 

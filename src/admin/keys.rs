@@ -39,6 +39,7 @@ pub async fn create(
         (None, _) => return Err(ApiError::invalid("owner", "is required")),
     };
     let owner = owner_in_reach(&state, &caller, &owner_id).await?;
+    validate::rate_limit("rate_limit", req.rate_limit.as_ref())?;
     let description = checked_fields(
         &req.name,
         req.description,
@@ -70,6 +71,7 @@ pub async fn create(
         permissions: req.permissions.map(validate::normalized),
         created_by: caller.actor(),
         meta: req.meta,
+        rate_limit: req.rate_limit,
     };
     state.store.insert_key(&record).await?;
     state.publish(Change::Key { hash: record.hash }).await?;
@@ -193,6 +195,10 @@ pub async fn update(
             validate::permissions("permissions", list)?;
         }
         key.permissions = perms.map(validate::normalized);
+    }
+    if let Some(limit) = req.rate_limit {
+        validate::rate_limit("rate_limit", limit.as_ref())?;
+        key.rate_limit = limit;
     }
     let action = match req.enabled {
         Some(false) => "key.disable",
@@ -320,6 +326,7 @@ pub async fn import(
         }
     };
     let owner = owner_in_reach(&state, &caller, &req.owner).await?;
+    validate::rate_limit("rate_limit", req.rate_limit.as_ref())?;
     let description = checked_fields(
         &req.name,
         req.description,
@@ -343,6 +350,7 @@ pub async fn import(
         permissions: req.permissions.map(validate::normalized),
         created_by: caller.actor(),
         meta: req.meta,
+        rate_limit: req.rate_limit,
     };
     state.store.insert_key(&record).await?;
     // The hash may sit in a negative cache from an earlier attempt with this key.

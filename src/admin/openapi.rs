@@ -19,7 +19,7 @@ use super::{keys, users};
     components(schemas(
         KeyStatus, KeyView, IssuedKey, CreateKey, UpdateKey, RollKey, ImportKey, KeyList, VerifyRequest,
         VerifyAnswer, PutUser, UserView, UserList, PutGroup, GroupView, GroupList, AuditView, AuditList,
-        ErrorBody, ErrorDetail, WhoAmI,
+        ErrorBody, ErrorDetail, WhoAmI, crate::store::RateLimit,
     )),
     modifiers(&BearerAuth),
 )]

@@ -76,6 +76,7 @@ pub async fn put_user(
         permissions: req.permissions.unwrap_or_default(),
         created_at: existing.as_ref().map_or(now, |u| u.created_at),
         updated_at: now,
+        rate_limit: req.rate_limit.flatten(),
     };
     let user = checked_user(&state, user).await?;
     state.store.put_user(&user).await?;
@@ -117,6 +118,9 @@ pub async fn patch_user(
     }
     if let Some(perms) = req.permissions {
         user.permissions = perms;
+    }
+    if let Some(limit) = req.rate_limit {
+        user.rate_limit = limit;
     }
     user.updated_at = Utc::now();
     let user = checked_user(&state, user).await?;
@@ -298,6 +302,7 @@ fn chosen_tenant(caller: &Caller, asked: Option<&str>) -> Result<String, ApiErro
 
 /// Checks a user's fields and that its groups exist in its tenant; lists come back sorted.
 async fn checked_user(state: &Shared, mut user: User) -> Result<User, ApiError> {
+    validate::rate_limit("rate_limit", user.rate_limit.as_ref())?;
     if user.name.chars().count() > validate::NAME_MAX {
         return Err(ApiError::invalid(
             "name",

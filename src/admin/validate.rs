@@ -96,6 +96,20 @@ pub fn meta(value: &serde_json::Value) -> Result<(), ApiError> {
     Ok(())
 }
 
+pub fn rate_limit(field: &str, value: Option<&crate::store::RateLimit>) -> Result<(), ApiError> {
+    match value {
+        Some(r) if r.requests == 0 => Err(ApiError::invalid(
+            format!("{field}.requests"),
+            "must be at least 1",
+        )),
+        Some(r) if r.per.0.is_zero() => Err(ApiError::invalid(
+            format!("{field}.per"),
+            "must be greater than zero",
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub fn limit(value: Option<usize>) -> Result<usize, ApiError> {
     match value {
         None => Ok(PAGE_DEFAULT),

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::store::{AuditEntry, Group, KeyRecord, User};
+use crate::store::{AuditEntry, Group, KeyRecord, RateLimit, User};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -45,6 +45,7 @@ pub struct KeyView {
     pub created_by: String,
     #[schema(value_type = Option<Object>)]
     pub meta: Option<serde_json::Value>,
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl KeyView {
@@ -64,6 +65,7 @@ impl KeyView {
             permissions: key.permissions.clone(),
             created_by: key.created_by.clone(),
             meta: key.meta.clone(),
+            rate_limit: key.rate_limit,
         }
     }
 }
@@ -94,6 +96,8 @@ pub struct CreateKey {
     pub permissions: Option<Vec<String>>,
     #[schema(value_type = Option<Object>)]
     pub meta: Option<serde_json::Value>,
+    /// e.g. `{"requests": 100, "per": "1s"}`, enforced by each gateway instance.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// Absent fields stay as they are; `permissions: null` removes the restriction and
@@ -110,6 +114,10 @@ pub struct UpdateKey {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<Vec<String>>)]
     pub permissions: Option<Option<Vec<String>>>,
+    /// `null` removes the limit.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<RateLimit>)]
+    pub rate_limit: Option<Option<RateLimit>>,
 }
 
 /// Tells "field absent" (`None`) from "field is null" (`Some(None)`).
@@ -142,6 +150,7 @@ pub struct ImportKey {
     pub permissions: Option<Vec<String>>,
     #[schema(value_type = Option<Object>)]
     pub meta: Option<serde_json::Value>,
+    pub rate_limit: Option<RateLimit>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -191,6 +200,10 @@ pub struct PutUser {
     pub active: Option<bool>,
     pub groups: Option<Vec<String>>,
     pub permissions: Option<Vec<String>>,
+    /// Shared by all of the user's keys, per gateway instance. With PATCH, `null` removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<RateLimit>)]
+    pub rate_limit: Option<Option<RateLimit>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -201,6 +214,7 @@ pub struct UserView {
     pub active: bool,
     pub groups: Vec<String>,
     pub permissions: Vec<String>,
+    pub rate_limit: Option<RateLimit>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -214,6 +228,7 @@ impl From<&User> for UserView {
             active: u.active,
             groups: u.groups.clone(),
             permissions: u.permissions.clone(),
+            rate_limit: u.rate_limit,
             created_at: u.created_at,
             updated_at: u.updated_at,
         }

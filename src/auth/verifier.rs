@@ -23,7 +23,7 @@ use super::key::KeyHash;
 use super::permissions;
 use crate::config::CacheConfig;
 use crate::proxy::Refusal;
-use crate::store::{KeyRecord, Store, StoreError, UserBundle};
+use crate::store::{KeyRecord, RateLimit, Store, StoreError, UserBundle};
 use crate::telemetry;
 
 /// What the cache knows about one key hash.
@@ -53,6 +53,7 @@ pub struct CachedKey {
     pub expires_at: Option<chrono::DateTime<Utc>>,
     /// The key's own restriction of its owner's permissions, if any.
     pub restriction: Option<Box<[String]>>,
+    pub rate_limit: Option<RateLimit>,
     pub id_header: HeaderValue,
     pub name_header: HeaderValue,
 }
@@ -73,6 +74,7 @@ pub struct CachedUser {
     pub groups: Box<[String]>,
     /// Sorted, deduplicated.
     pub permissions: Box<[String]>,
+    pub rate_limit: Option<RateLimit>,
     pub tenant_header: HeaderValue,
     pub user_header: HeaderValue,
     pub groups_header: HeaderValue,
@@ -454,6 +456,7 @@ impl CachedKey {
             enabled: record.enabled,
             expires_at: record.expires_at,
             restriction: record.permissions.clone().map(Vec::into_boxed_slice),
+            rate_limit: record.rate_limit,
             id_header: header_text(&record.id),
             name_header: header_text(&record.name),
         }
@@ -474,6 +477,7 @@ impl UserEntry {
                 id: b.user.id.as_str().into(),
                 tenant: b.user.tenant.as_str().into(),
                 active: b.user.active,
+                rate_limit: b.user.rate_limit,
                 tenant_header: header_text(&b.user.tenant),
                 user_header: header_text(&b.user.id),
                 groups_header: header_text(&groups.join(",")),

@@ -70,6 +70,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
+    /// Failed authentications one client IP may make (token bucket); `None`: no limit.
+    pub failed_auth_per_ip: Option<crate::store::RateLimit>,
     pub routes: Vec<RouteConfig>,
     /// The document as loaded (defaults filled, environment applied), for `check-config`.
     raw: RawConfig,
@@ -422,6 +424,16 @@ pub fn validate(
         access: raw.log.access,
     };
 
+    let failed_auth_per_ip = raw.limits.failed_auth_per_ip;
+    if let Some(limit) = &failed_auth_per_ip {
+        if limit.requests == 0 || limit.per.0.is_zero() {
+            return Err(invalid(
+                "limits.failed_auth_per_ip",
+                "needs requests ≥ 1 and per > 0, or null to turn the limit off",
+            ));
+        }
+    }
+
     if raw.routes.is_empty() {
         return Err(invalid("routes", "at least one route is required"));
     }
@@ -451,6 +463,7 @@ pub fn validate(
         upstream,
         shutdown,
         log,
+        failed_auth_per_ip,
         routes,
         raw,
     })

@@ -32,6 +32,11 @@ pub const DEFAULT_UPSTREAM_POOL_MAX_IDLE_PER_HOST: usize = 512;
 /// Kubernetes waits 30 s after SIGTERM by default; drain a little less so we exit cleanly.
 pub const DEFAULT_SHUTDOWN_GRACE: HumanDuration = HumanDuration::secs(25);
 pub const DEFAULT_SHUTDOWN_DELAY: HumanDuration = HumanDuration::secs(0);
+/// Generous, because clients behind one NAT or load balancer share an IP.
+pub const DEFAULT_FAILED_AUTH_PER_IP: crate::store::RateLimit = crate::store::RateLimit {
+    requests: 100,
+    per: HumanDuration::secs(60),
+};
 pub const DEFAULT_ROUTE_PATH_PREFIX: &str = "/";
 pub const DEFAULT_ROUTE_TIMEOUT: HumanDuration = HumanDuration::secs(30);
 
@@ -48,7 +53,24 @@ pub struct RawConfig {
     pub upstream: RawUpstream,
     pub shutdown: RawShutdown,
     pub log: RawLog,
+    pub limits: RawLimits,
     pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    /// Failed authentications (`invalid_key`) one client IP may make before it gets 429s;
+    /// `null` turns the limit off.
+    pub failed_auth_per_ip: Option<crate::store::RateLimit>,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            failed_auth_per_ip: Some(DEFAULT_FAILED_AUTH_PER_IP),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

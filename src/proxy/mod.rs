@@ -25,8 +25,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::verifier::CachedKey;
 use crate::auth::{Authenticator, Caller, IdentityHeaders, Verifier};
-use crate::config::{Config, UpstreamConfig};
+use crate::config::{AuthMode, Config, UpstreamConfig};
+use crate::limits::{retry_after_secs, RateLimits};
 use crate::server::ConnInfo;
+use crate::store::RateLimit;
 use crate::telemetry::RouteMetrics;
 use crate::usage::Usage;
 use forward::{ForwardError, Upstreams};
@@ -48,6 +50,7 @@ pub struct ProxyState {
     upstreams: Arc<Upstreams>,
     upstream_config: UpstreamConfig,
     access_log: bool,
+    failed_auth_per_ip: Option<RateLimit>,
 }
 
 impl ProxyState {
@@ -67,6 +70,7 @@ impl ProxyState {
             upstreams,
             upstream_config: config.upstream.clone(),
             access_log: config.log.access,
+            failed_auth_per_ip: config.failed_auth_per_ip,
         })
     }
 }
@@ -75,6 +79,8 @@ pub struct Proxy {
     state: ArcSwap<ProxyState>,
     verifier: Arc<Verifier>,
     usage: Arc<Usage>,
+    /// Kept across reloads: budgets are not reset by a config change.
+    limits: Arc<RateLimits>,
     /// Upgraded connections (WebSocket) outlive their request; shutdown waits for them here.
     tunnels: TaskTracker,
 }
@@ -102,8 +108,13 @@ impl Proxy {
             state: ArcSwap::from_pointee(state),
             verifier,
             usage,
+            limits: Arc::new(RateLimits::default()),
             tunnels,
         })
+    }
+
+    pub fn limits(&self) -> &Arc<RateLimits> {
+        &self.limits
     }
 
     /// Builds the state a new config asks for (routes, key headers, identity prefix,
@@ -171,11 +182,30 @@ impl Proxy {
             .clone();
         exchange.route = Some(route.clone());
 
+        let ip = conn.peer.ip().to_canonical();
+        let failed_auth_limit = state
+            .failed_auth_per_ip
+            .as_ref()
+            .filter(|_| route.config.auth != AuthMode::None);
+        if let Some(limit) = failed_auth_limit {
+            // A client that keeps guessing is refused before its guess costs a lookup.
+            self.limits.failed_auth_blocked(ip, limit).map_err(|wait| {
+                exchange.decision = "rate_limited";
+                Refusal::RateLimited {
+                    retry_after_secs: retry_after_secs(wait),
+                }
+            })?;
+        }
         let caller = state
             .auth
             .authenticate(route.config.auth, req.headers())
             .await;
-        let caller = caller.inspect_err(|r| exchange.decision = r.code())?;
+        let caller = caller.inspect_err(|r| {
+            exchange.decision = r.code();
+            if let (Refusal::InvalidKey, Some(limit)) = (r, failed_auth_limit) {
+                self.limits.failed_auth(ip, limit);
+            }
+        })?;
         let authorized = state.auth.authorize(&caller, &route.config.require);
         exchange.decision = match (&authorized, &caller) {
             (Err(r), _) => r.code(),
@@ -185,8 +215,22 @@ impl Proxy {
         };
         authorized?;
         if let Caller::Key(principal) = &caller {
-            self.usage.record(&principal.key.id);
             exchange.key = Some(principal.key.clone());
+            let (key, user) = (&principal.key, &principal.user);
+            self.limits
+                .admit(
+                    &key.id,
+                    key.rate_limit.as_ref(),
+                    &user.id,
+                    user.rate_limit.as_ref(),
+                )
+                .map_err(|wait| {
+                    exchange.decision = "rate_limited";
+                    Refusal::RateLimited {
+                        retry_after_secs: retry_after_secs(wait),
+                    }
+                })?;
+            self.usage.record(&key.id);
         }
         self.forward(state, &route, req, conn, &caller, exchange)
             .await

@@ -858,6 +858,7 @@ mod tests {
             permissions: vec!["read".to_owned()],
             created_at: now,
             updated_at: now,
+            rate_limit: None,
         }
     }
 
@@ -890,6 +891,7 @@ mod tests {
             permissions: None,
             created_by: "test".to_owned(),
             meta: None,
+            rate_limit: None,
         }
     }
 

@@ -13,7 +13,9 @@ use async_trait::async_trait;
 
 use crate::auth::key::KeyHash;
 use crate::config::{StoreBackend, StoreConfig};
-pub use model::{AuditEntry, Group, KeyBundle, KeyRecord, User, UserBundle, DEFAULT_TENANT};
+pub use model::{
+    AuditEntry, Group, KeyBundle, KeyRecord, RateLimit, User, UserBundle, DEFAULT_TENANT,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::key::KeyHash;
+use crate::config::HumanDuration;
 
 /// The tenant of users and groups created without one.
 pub const DEFAULT_TENANT: &str = "default";
@@ -34,6 +35,18 @@ pub struct KeyRecord {
     pub created_by: String,
     #[serde(default)]
     pub meta: Option<serde_json::Value>,
+    /// Requests this key may make per instance (token bucket); none = unlimited.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// `requests` per `per`, refilled continuously, bursting up to `requests`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RateLimit {
+    pub requests: u32,
+    /// A duration such as `1s` or `1m`.
+    #[schema(value_type = String)]
+    pub per: HumanDuration,
 }
 
 impl KeyRecord {
@@ -55,6 +68,9 @@ pub struct User {
     pub permissions: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Requests all of this user's keys together may make per instance; none = unlimited.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
