@@ -15,7 +15,8 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus the
 /// non-standard ones proxies have historically honoured.
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_BY_HOP_COUNT: usize = 8;
+const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -30,32 +31,57 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// `Connection` header names. `TE: trailers` survives because gRPC needs it end to end.
 /// With `keep_upgrade`, `Connection: upgrade` and `Upgrade` are kept for a protocol switch.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // One pass over the names (comparisons, no hashing) finds which are present: most
+    // requests carry none, and then nothing is hashed or removed.
+    let mut present = [false; HOP_BY_HOP_COUNT];
+    let mut upgrade = false;
+    for name in headers.keys() {
+        match HOP_BY_HOP.iter().position(|h| h == name) {
+            Some(i) => present[i] = true,
+            None => upgrade |= name == header::UPGRADE,
+        }
+    }
+    if !upgrade && !present.contains(&true) {
+        return;
+    }
+    let is_present = |wanted: &HeaderName| {
+        HOP_BY_HOP
+            .iter()
+            .zip(present)
+            .any(|(h, p)| p && h == wanted)
+    };
+
     // Names listed in Connection are removed too (`Connection: close, X-Foo`).
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
-    });
+    let listed: Vec<HeaderName> = if is_present(&header::CONNECTION) {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let te_trailers = is_present(&header::TE)
+        && headers.get_all(header::TE).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+        });
 
     for name in listed {
         if !(keep_upgrade && name == header::UPGRADE) {
             headers.remove(&name);
         }
     }
-    for name in &HOP_BY_HOP {
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if upgrade {
         headers.remove(header::UPGRADE);
     }
     if te_trailers {
