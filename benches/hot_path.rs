@@ -1,11 +1,13 @@
 //! Per-request work the gateway does before forwarding: route match, key check and hash,
-//! the cache-hit auth decision, and the header rewrite — alone and all together.
-//! Run: `cargo bench --bench hot_path`. Figures are recorded in BENCHMARKS.md.
+//! the cache-hit auth decision, rate limits, the last-used note and the header rewrite —
+//! alone and all together. Run: `cargo bench --bench hot_path`. Figures are recorded in
+//! BENCHMARKS.md.
 //!
-//! The Prometheus recorder is installed first, as `keygate serve` does, so the auth-decision
-//! and cache-lookup counters cost what they cost in production. Before measuring, the bench
-//! prints how many heap allocations one full request makes (counted by a wrapper around the
-//! system allocator that only counts while a flag is set, so it does not slow the timings).
+//! The Prometheus recorder is installed (after one decision measured without it), as
+//! `keygate serve` does, so the auth-decision and cache-lookup counters cost what they cost
+//! in production. Before `full_request_path` is measured, the bench prints how many heap
+//! allocations each stage of a request makes (counted by a wrapper around the system
+//! allocator that only counts while a flag is set, so it does not slow the timings).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::{IpAddr, Ipv4Addr};
@@ -20,10 +22,11 @@ use http::{HeaderMap, HeaderValue, Method, Uri};
 use keygate::auth::key::{self, KeyHash};
 use keygate::auth::{Authenticator, Caller, IdentityHeaders, Verifier};
 use keygate::config::{AuthMode, Config, RouteConfig};
+use keygate::limits::RateLimits;
 use keygate::proxy::rewrite::{self, ClientSide};
 use keygate::proxy::route::{self, Router};
 use keygate::store::embedded::EmbeddedStore;
-use keygate::store::{Group, KeyRecord, Store, User};
+use keygate::store::{Group, KeyRecord, RateLimit, Store, User};
 use keygate::telemetry;
 use keygate::usage::Usage;
 use tokio::runtime::Runtime;
@@ -200,6 +203,10 @@ struct Gateway {
     identity: IdentityHeaders,
     /// Where `last_used_at` is noted per request (no flusher runs here).
     usage: Usage,
+    /// The token buckets; the seeded key and user have no limits of their own, so per
+    /// request this is the failed-authentication check of the client IP (on by default).
+    limits: RateLimits,
+    failed_auth_per_ip: Option<RateLimit>,
     peer: IpAddr,
     _dir: tempfile::TempDir,
 }
@@ -220,10 +227,25 @@ impl Gateway {
             auth: Authenticator::new(&config, Arc::new(verifier)),
             identity: IdentityHeaders::new(&config.identity.header_prefix),
             usage: Usage::default(),
+            limits: RateLimits::default(),
+            failed_auth_per_ip: config.failed_auth_per_ip,
             peer: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)),
             _dir: dir,
         };
         (gateway, secret)
+    }
+
+    /// The key's and its user's rate limits, as after a successful authorize.
+    fn admit(&self, principal: &keygate::auth::Principal) {
+        let (key, user) = (&principal.key, &principal.user);
+        self.limits
+            .admit(
+                &key.id,
+                key.rate_limit.as_ref(),
+                &user.id,
+                user.rate_limit.as_ref(),
+            )
+            .unwrap();
     }
 
     /// authenticate + authorize, as `Proxy::forward` starts.
@@ -238,7 +260,8 @@ impl Gateway {
 
     /// What `Proxy::handle` and `Proxy::forward` do to an HTTP/1.1 GET before handing it to
     /// the upstream client, in the same order: request id, path normalization, route match,
-    /// authenticate, authorize, last-used note, upgrade check, upstream URI, header rewrite.
+    /// failed-authentication limit, authenticate, authorize, rate limits, last-used note,
+    /// upgrade check, upstream URI, header rewrite.
     fn prepare(&self, uri: &Uri, mut headers: HeaderMap) -> (Uri, HeaderMap) {
         let request_id = rewrite::request_id(&headers);
         assert!(route::normalize_path(uri.path()).is_none());
@@ -249,8 +272,18 @@ impl Gateway {
             .expect("route")
             .config
             .clone();
+        let failed_auth_limit = self
+            .failed_auth_per_ip
+            .as_ref()
+            .filter(|_| route.auth != AuthMode::None);
+        if let Some(limit) = failed_auth_limit {
+            self.limits
+                .failed_auth_blocked(self.peer.to_canonical(), limit)
+                .unwrap();
+        }
         let caller = self.decide(route.auth, &headers, &route.require);
         if let Caller::Key(principal) = &caller {
+            self.admit(principal);
             self.usage.record(&principal.key.id);
         }
         // The request is HTTP/1.1, so an upgrade is possible unless the upstream speaks h2.
@@ -369,6 +402,22 @@ fn bench(c: &mut Criterion) {
         b.iter(|| gateway.usage.record(black_box(key_id)))
     });
 
+    // The per-request rate-limit work for a key and user without limits of their own: the
+    // client IP's failed-authentication budget (a lookup in a sharded map), then `admit`.
+    let Caller::Key(principal) = gateway.decide(AuthMode::Required, &headers, &require) else {
+        panic!("a key was presented");
+    };
+    let limit = gateway.failed_auth_per_ip.expect("on by default");
+    c.bench_function("rate_limit_checks", |b| {
+        b.iter(|| {
+            gateway
+                .limits
+                .failed_auth_blocked(black_box(gateway.peer), &limit)
+                .unwrap();
+            gateway.admit(&principal);
+        })
+    });
+
     let request_uri: Uri = "/api/v1/items/42?expand=owner".parse().unwrap();
     let (check, _) = gateway.prepare(&request_uri, headers.clone());
     assert_eq!(check, "http://127.0.0.1:9003/base/v1/items/42?expand=owner");
@@ -454,6 +503,18 @@ fn report_allocations(gateway: &Gateway, uri: &Uri, headers: &HeaderMap, require
         panic!("a key was presented");
     };
     let usage = allocations_per_call(N, || (), |()| gateway.usage.record(&principal.key.id));
+    let limit = gateway.failed_auth_per_ip.expect("on by default");
+    let limits = allocations_per_call(
+        N,
+        || (),
+        |()| {
+            gateway
+                .limits
+                .failed_auth_blocked(gateway.peer, &limit)
+                .unwrap();
+            gateway.admit(principal);
+        },
+    );
     let route = &gateway
         .router
         .find(&Method::GET, None, uri.path())
@@ -521,7 +582,8 @@ fn report_allocations(gateway: &Gateway, uri: &Uri, headers: &HeaderMap, require
     let full = allocations_per_call(N, || headers.clone(), |h| gateway.prepare(uri, h));
     eprintln!(
         "allocations per request (warm cache, mean of {N}): key_check {check}, key_hash {hash}, \
-         authenticate+authorize {decide} (block_on alone {block_on}), Usage::record {usage}, \
+         authenticate+authorize {decide} (block_on alone {block_on}), rate limits {limits}, \
+         Usage::record {usage}, \
          upstream_uri {upstream}, \
          {}; \
          full_request_path {full}",
