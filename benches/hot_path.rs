@@ -240,8 +240,8 @@ impl Gateway {
         let (key, user) = (&principal.key, &principal.user);
         self.limits
             .admit(
-                &key.id,
-                key.rate_limit.as_ref(),
+                key.id(),
+                key.rate_limit(),
                 &user.id,
                 user.rate_limit.as_ref(),
             )
@@ -284,7 +284,7 @@ impl Gateway {
         let caller = self.decide(route.auth, &headers, &route.require);
         if let Caller::Key(principal) = &caller {
             self.admit(principal);
-            self.usage.record(&principal.key.id);
+            self.usage.record(principal.key.id());
         }
         // The request is HTTP/1.1, so an upgrade is possible unless the upstream speaks h2.
         let upgrade = !route.upstream_http2 && rewrite::wants_upgrade(&headers);
@@ -295,6 +295,7 @@ impl Gateway {
             route.strip_prefix.then_some(route.path_prefix.as_str()),
         )
         .unwrap();
+        headers.reserve(keygate::proxy::ADDED_HEADERS);
         rewrite::strip_hop_by_hop(&mut headers, upgrade);
         self.auth.strip_credentials(&mut headers);
         rewrite::strip_identity_headers(&mut headers, &self.identity.prefix);
@@ -502,7 +503,7 @@ fn report_allocations(gateway: &Gateway, uri: &Uri, headers: &HeaderMap, require
     let Caller::Key(principal) = &caller else {
         panic!("a key was presented");
     };
-    let usage = allocations_per_call(N, || (), |()| gateway.usage.record(&principal.key.id));
+    let usage = allocations_per_call(N, || (), |()| gateway.usage.record(principal.key.id()));
     let limit = gateway.failed_auth_per_ip.expect("on by default");
     let limits = allocations_per_call(
         N,

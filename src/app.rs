@@ -24,7 +24,7 @@ use crate::usage::{self, Usage};
 /// long of its own to finish once the proxy is done.
 const STATUS_GRACE: Duration = Duration::from_secs(1);
 const STORE_PING_INTERVAL: Duration = Duration::from_secs(1);
-const RATE_LIMIT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Runs the gateway until SIGTERM/SIGINT, then drains and returns. SIGHUP reloads the
 /// config file at `path`.
@@ -139,8 +139,9 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
         stop_background.clone(),
     )));
 
-    background.push(tokio::spawn(sweep_rate_limits(
+    background.push(tokio::spawn(sweep(
         proxy.clone(),
+        verifier.clone(),
         stop_background.clone(),
     )));
 
@@ -272,11 +273,15 @@ fn keep_restart_only(next: &mut Config, running: &Config) -> Vec<&'static str> {
     kept
 }
 
-/// Drops rate-limit buckets that have refilled, so the table holds only clients near a limit.
-async fn sweep_rate_limits(proxy: Arc<Proxy>, stop: CancellationToken) {
+/// Drops rate-limit buckets that have refilled, so the table holds only clients near a
+/// limit, and cached keys past their lifetime, so their memory is reused.
+async fn sweep(proxy: Arc<Proxy>, verifier: Arc<Verifier>, stop: CancellationToken) {
     loop {
         tokio::select! {
-            () = tokio::time::sleep(RATE_LIMIT_SWEEP_INTERVAL) => proxy.limits().sweep(),
+            () = tokio::time::sleep(SWEEP_INTERVAL) => {
+                proxy.limits().sweep();
+                verifier.sweep();
+            }
             () = stop.cancelled() => return,
         }
     }

@@ -113,7 +113,7 @@ pub async fn identify(
     let (tenant, user, key_id) = (
         principal.user.tenant.to_string(),
         principal.user.id.to_string(),
-        principal.key.id.to_string(),
+        principal.key.id().to_owned(),
     );
     let held = principal.permissions();
     if permissions::grants(held, ADMIN_PERMISSION) {

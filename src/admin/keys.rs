@@ -403,12 +403,12 @@ pub async fn verify(
             Refusal::InsufficientPermissions.code()
         }
         .to_owned(),
-        key_id: Some(principal.key.id.to_string()),
+        key_id: Some(principal.key.id().to_owned()),
         tenant: Some(principal.user.tenant.to_string()),
         user: Some(principal.user.id.to_string()),
         groups: Some(principal.user.groups.to_vec()),
         permissions: Some(principal.permissions().to_vec()),
-        expires_at: principal.key.expires_at,
+        expires_at: principal.key.expires_at(),
     }))
 }
 

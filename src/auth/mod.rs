@@ -4,6 +4,7 @@
 //! (cache → store) → authorize against the route's `require` → tell the upstream who it is.
 
 pub mod key;
+pub mod key_cache;
 pub mod permissions;
 pub mod verifier;
 
@@ -73,8 +74,8 @@ impl IdentityHeaders {
                 headers.insert(self.anonymous.clone(), HeaderValue::from_static("true"));
             }
             Caller::Key(p) => {
-                headers.insert(self.key_id.clone(), p.key.id_header.clone());
-                headers.insert(self.key_name.clone(), p.key.name_header.clone());
+                headers.insert(self.key_id.clone(), p.key.id_header());
+                headers.insert(self.key_name.clone(), p.key.name_header());
                 headers.insert(self.tenant.clone(), p.user.tenant_header.clone());
                 headers.insert(self.user.clone(), p.user.user_header.clone());
                 headers.insert(self.groups.clone(), p.user.groups_header.clone());

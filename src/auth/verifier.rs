@@ -1,25 +1,29 @@
 //! The verifier: key hash → cached key → cached owner → a [`Principal`] or a [`Refusal`].
 //!
-//! Two moka caches: keys by hash, users by id (a user entry carries its groups'
-//! permissions already merged). A permission change therefore evicts one user entry, not
+//! Two caches: keys by hash (the compact [`KeyCache`]), users by id in moka (a user entry
+//! carries its groups' permissions already merged). A permission change therefore evicts one user entry, not
 //! every key of that user. Entries stay *fresh* for `cache.ttl`; after that the next
 //! request reloads them, and if the store is down it may keep using the old record for
 //! `cache.stale_if_error` more. Unknown keys are remembered for `cache.negative_ttl`.
 //! When invalidation events may have been missed, every entry is marked for revalidation.
 
+use std::borrow::Cow;
 use std::future::Future;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use chrono::Utc;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use http::HeaderValue;
 use moka::future::Cache;
 use moka::ops::compute::{CompResult, Op};
 use moka::Expiry;
 
 use super::key::KeyHash;
+use super::key_cache::KeyCache;
 use super::permissions;
 use crate::config::CacheConfig;
 use crate::proxy::Refusal;
@@ -27,9 +31,10 @@ use crate::store::{KeyRecord, RateLimit, Store, StoreError, UserBundle};
 use crate::telemetry;
 
 /// What the cache knows about one key hash.
+#[derive(Clone)]
 pub enum KeyEntry {
     Known {
-        key: Arc<CachedKey>,
+        key: CachedKey,
         stamp: Stamp,
     },
     /// The store said no such key (or it was revoked).
@@ -41,21 +46,41 @@ pub enum KeyEntry {
 /// When an entry was loaded, and in which cache epoch (see [`Verifier::revalidate_all`]).
 #[derive(Clone, Copy)]
 pub struct Stamp {
-    fetched: Instant,
-    epoch: u64,
+    /// [`monotonic_ms`] at the time of the load.
+    pub fetched_ms: u64,
+    pub epoch: u64,
 }
 
-/// The parts of a key record the data plane needs, with header values made once.
+/// Milliseconds since the first call, on the monotonic clock. Stamps keep this rather than an
+/// `Instant` (16 bytes), which a million cached keys notice.
+pub fn monotonic_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let elapsed = START.get_or_init(Instant::now).elapsed();
+    u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The parts of a key record the data plane needs, compact because a million may be cached
+/// (about 70 bytes here plus one buffer), and cheap to clone: one reference count.
+#[derive(Clone)]
 pub struct CachedKey {
-    pub id: Box<str>,
-    pub owner: Box<str>,
+    /// The key's id, its owner's id, the id as a header value when it differs from the id,
+    /// and the name as a header value, back to back: header values are slices of it.
+    text: Bytes,
+    id_end: u32,
+    owner_end: u32,
+    id_header: (u32, u32),
+    name_start: u32,
     pub enabled: bool,
-    pub expires_at: Option<chrono::DateTime<Utc>>,
+    /// Unix milliseconds; `i64::MAX`: never.
+    expires_at_ms: i64,
+    /// Restriction and rate limit: most keys have neither.
+    limits: Option<Arc<KeyLimits>>,
+}
+
+struct KeyLimits {
     /// The key's own restriction of its owner's permissions, if any.
-    pub restriction: Option<Box<[String]>>,
-    pub rate_limit: Option<RateLimit>,
-    pub id_header: HeaderValue,
-    pub name_header: HeaderValue,
+    restriction: Option<Box<[String]>>,
+    rate_limit: Option<RateLimit>,
 }
 
 /// What the cache knows about one user id.
@@ -83,7 +108,7 @@ pub struct CachedUser {
 
 /// A caller whose key passed every check.
 pub struct Principal {
-    pub key: Arc<CachedKey>,
+    pub key: CachedKey,
     pub user: Arc<CachedUser>,
     /// Set when the key narrows its owner's permissions.
     narrowed: Option<(Vec<String>, HeaderValue)>,
@@ -125,30 +150,48 @@ impl Lookup {
     }
 }
 
+/// How long entries stay fresh, and usable at all; see the module docs.
 #[derive(Clone, Copy)]
-struct Policy {
+pub struct Policy {
     ttl: Duration,
     negative_ttl: Duration,
     stale_if_error: Duration,
 }
 
+impl Policy {
+    pub fn new(ttl: Duration, negative_ttl: Duration, stale_if_error: Duration) -> Self {
+        Self {
+            ttl,
+            negative_ttl,
+            stale_if_error,
+        }
+    }
+}
+
 /// Entries that carry their own load time and know whether they are negative.
-trait Cached: Send + Sync + 'static {
+pub trait Cached: Clone + Send + Sync + 'static {
     fn stamp(&self) -> Stamp;
     fn is_negative(&self) -> bool;
 
+    fn age(&self, now_ms: u64) -> Duration {
+        Duration::from_millis(now_ms.saturating_sub(self.stamp().fetched_ms))
+    }
+
     /// Fresh entries are used without asking the store. An entry from an earlier epoch is
     /// never fresh, but can still stand in during an outage.
-    fn is_fresh(&self, now: Instant, epoch: u64, p: &Policy) -> bool {
-        let stamp = self.stamp();
-        let age = now.saturating_duration_since(stamp.fetched);
-        stamp.epoch == epoch
-            && age
+    fn is_fresh(&self, now_ms: u64, epoch: u64, p: &Policy) -> bool {
+        self.stamp().epoch == epoch
+            && self.age(now_ms)
                 < if self.is_negative() {
                     p.negative_ttl
                 } else {
                     p.ttl
                 }
+    }
+
+    /// Whether the entry may still be used at all (fresh, or as a stand-in).
+    fn is_alive(&self, now_ms: u64, p: &Policy) -> bool {
+        self.age(now_ms) < self.lifetime(p)
     }
 
     /// How long moka keeps the entry: fresh time plus, for positive entries, the window in
@@ -173,7 +216,7 @@ impl Cached for KeyEntry {
     }
 }
 
-impl Cached for UserEntry {
+impl Cached for Arc<UserEntry> {
     fn stamp(&self) -> Stamp {
         self.stamp
     }
@@ -184,19 +227,14 @@ impl Cached for UserEntry {
 
 struct LifetimeExpiry(Policy);
 
-impl<K, V: Cached> Expiry<K, Arc<V>> for LifetimeExpiry {
-    fn expire_after_create(
-        &self,
-        _: &K,
-        value: &Arc<V>,
-        _: std::time::Instant,
-    ) -> Option<Duration> {
+impl<K, V: Cached> Expiry<K, V> for LifetimeExpiry {
+    fn expire_after_create(&self, _: &K, value: &V, _: std::time::Instant) -> Option<Duration> {
         Some(value.lifetime(&self.0))
     }
     fn expire_after_update(
         &self,
         _: &K,
-        value: &Arc<V>,
+        value: &V,
         _: std::time::Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
@@ -216,7 +254,7 @@ pub struct Verifier {
 /// The two caches and the rules they were built with.
 struct Caches {
     config: CacheConfig,
-    keys: Cache<KeyHash, Arc<KeyEntry>>,
+    keys: KeyCache,
     users: Cache<String, Arc<UserEntry>>,
     policy: Policy,
 }
@@ -230,10 +268,7 @@ impl Caches {
         };
         Self {
             config: config.clone(),
-            keys: Cache::builder()
-                .max_capacity(config.max_entries)
-                .expire_after(LifetimeExpiry(policy))
-                .build(),
+            keys: KeyCache::new(config.max_entries, policy),
             users: Cache::builder()
                 .max_capacity(config.max_entries)
                 .expire_after(LifetimeExpiry(policy))
@@ -272,24 +307,24 @@ impl Verifier {
         // One set of caches for the whole decision, even if a reload swaps them meanwhile.
         let caches = self.caches.load_full();
         let entry = self.key_entry(&caches, hash).await?;
-        let key = match &*entry {
-            KeyEntry::Known { key, .. } => key.clone(),
+        let key = match entry {
+            KeyEntry::Known { key, .. } => key,
             KeyEntry::Unknown { .. } => return Err(Refusal::InvalidKey),
         };
         if !key.enabled {
             return Err(Refusal::KeyDisabled);
         }
-        if key.expires_at.is_some_and(|at| at <= Utc::now()) {
+        if key.expires_at_ms <= Utc::now().timestamp_millis() {
             return Err(Refusal::KeyExpired);
         }
-        let user_entry = self.user_entry(&caches, &key.owner).await?;
+        let user_entry = self.user_entry(&caches, key.owner()).await?;
         let Some(user) = user_entry.user.clone() else {
             return Err(Refusal::InvalidKey);
         };
         if !user.active {
             return Err(Refusal::UserInactive);
         }
-        let narrowed = key.restriction.as_ref().map(|restriction| {
+        let narrowed = key.restriction().map(|restriction| {
             let perms = permissions::narrow(&user.permissions, restriction);
             let header = header_text(&perms.join(","));
             (perms, header)
@@ -303,7 +338,12 @@ impl Verifier {
 
     /// Forgets a key, a user, or every user in a group (used when an admin change lands).
     pub async fn evict_key(&self, hash: &KeyHash) {
-        self.caches.load().keys.invalidate(hash).await;
+        self.caches.load().keys.invalidate(hash);
+    }
+
+    /// Frees the memory of cached keys past their lifetime (run now and then).
+    pub fn sweep(&self) {
+        self.caches.load().keys.sweep();
     }
 
     pub async fn evict_user(&self, id: &str) {
@@ -334,13 +374,13 @@ impl Verifier {
 
     fn stamp_now(&self) -> Stamp {
         Stamp {
-            fetched: Instant::now(),
+            fetched_ms: monotonic_ms(),
             epoch: self.epoch.load(Ordering::Acquire),
         }
     }
 
-    async fn key_entry(&self, caches: &Caches, hash: &KeyHash) -> Result<Arc<KeyEntry>, Refusal> {
-        let load = || async {
+    async fn key_entry(&self, caches: &Caches, hash: &KeyHash) -> Result<KeyEntry, Refusal> {
+        let load = async {
             // Stamped before the load: an epoch bump during it leaves the result unfresh.
             let stamp = self.stamp_now();
             let Some(bundle) = self.store.load_key(hash).await? else {
@@ -351,7 +391,7 @@ impl Verifier {
             let user = UserEntry::from_bundle(bundle.owner, stamp);
             caches.users.insert(owner, Arc::new(user)).await;
             Ok(KeyEntry::Known {
-                key: Arc::new(CachedKey::from_record(&bundle.key)),
+                key: CachedKey::from_record(&bundle.key),
                 stamp,
             })
         };
@@ -363,10 +403,10 @@ impl Verifier {
     }
 
     async fn user_entry(&self, caches: &Caches, id: &str) -> Result<Arc<UserEntry>, Refusal> {
-        let load = || async {
+        let load = async {
             let stamp = self.stamp_now();
             let bundle = self.store.load_user(id).await?;
-            Ok(UserEntry::from_bundle(bundle, stamp))
+            Ok(Arc::new(UserEntry::from_bundle(bundle, stamp)))
         };
         let (entry, _) = read_through(&caches.users, id, &self.epoch, &caches.policy, load)
             .await
@@ -381,25 +421,129 @@ fn outage_refusal(e: StoreError) -> Refusal {
     Refusal::AuthUnavailable
 }
 
+/// What read-through needs of a cache: a lookup, and loads that run one at a time per key.
+pub trait LoadingCache<Q: ?Sized>: Sync {
+    type Entry: Cached;
+
+    /// The entry for `key`, if one is cached and alive.
+    fn lookup(&self, key: &Q) -> impl Future<Output = Option<Self::Entry>> + Send;
+
+    /// Waits its turn among callers loading `key`, then runs `load` (a future: nothing
+    /// happens until it is awaited) unless the cached entry is `fresh` by now, and caches what it loads. Answers the entry cached afterwards and
+    /// the load's error, if it failed.
+    fn load_once<Fut>(
+        &self,
+        key: &Q,
+        fresh: impl Fn(&Self::Entry) -> bool + Send + Sync,
+        load: Fut,
+    ) -> impl Future<Output = (Option<Self::Entry>, Option<StoreError>)> + Send
+    where
+        Fut: Future<Output = Result<Self::Entry, StoreError>> + Send;
+}
+
+impl LoadingCache<KeyHash> for KeyCache {
+    type Entry = KeyEntry;
+
+    fn lookup(&self, key: &KeyHash) -> impl Future<Output = Option<KeyEntry>> + Send {
+        std::future::ready(self.get(key))
+    }
+
+    async fn load_once<Fut>(
+        &self,
+        key: &KeyHash,
+        fresh: impl Fn(&KeyEntry) -> bool + Send + Sync,
+        load: Fut,
+    ) -> (Option<KeyEntry>, Option<StoreError>)
+    where
+        Fut: Future<Output = Result<KeyEntry, StoreError>> + Send,
+    {
+        self.one_load_at_a_time(key, async {
+            // Someone else may have refreshed it while we waited our turn.
+            if let Some(current) = self.get(key).filter(|e| fresh(e)) {
+                return (Some(current), None);
+            }
+            match load.await {
+                Ok(loaded) => {
+                    self.insert(*key, loaded.clone());
+                    (Some(loaded), None)
+                }
+                Err(e) => (self.get(key), Some(e)),
+            }
+        })
+        .await
+    }
+}
+
+impl<K, Q, V> LoadingCache<Q> for Cache<K, V>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static + std::borrow::Borrow<Q>,
+    Q: std::hash::Hash + Eq + ToOwned<Owned = K> + Sync + ?Sized,
+    V: Cached,
+{
+    type Entry = V;
+
+    fn lookup(&self, key: &Q) -> impl Future<Output = Option<V>> + Send {
+        self.get(key)
+    }
+
+    async fn load_once<Fut>(
+        &self,
+        key: &Q,
+        fresh: impl Fn(&V) -> bool + Send + Sync,
+        load: Fut,
+    ) -> (Option<V>, Option<StoreError>)
+    where
+        Fut: Future<Output = Result<V, StoreError>> + Send,
+    {
+        let mut failure = None;
+        // moka serialises `and_compute_with` per key.
+        let outcome = self
+            .entry_by_ref(key)
+            .and_compute_with(|current| {
+                let failure = &mut failure;
+                async move {
+                    // Someone else may have refreshed it while we waited our turn.
+                    if current.as_ref().is_some_and(|e| fresh(e.value())) {
+                        return Op::Nop;
+                    }
+                    match load.await {
+                        Ok(loaded) => Op::Put(loaded),
+                        Err(e) => {
+                            *failure = Some(e);
+                            Op::Nop
+                        }
+                    }
+                }
+            })
+            .await;
+        let entry = match outcome {
+            CompResult::Inserted(e) | CompResult::ReplacedWith(e) | CompResult::Unchanged(e) => {
+                Some(e.into_value())
+            }
+            CompResult::StillNone(_) | CompResult::Removed(_) => None,
+        };
+        (entry, failure)
+    }
+}
+
 /// Fresh entries come straight from the cache. Otherwise exactly one caller per key loads
-/// (moka serialises `and_compute_with` per key; the others wait and reuse its result). If
-/// the load fails, a not-too-old entry is served as stale; without one the error stands.
-async fn read_through<K, Q, V, F, Fut>(
-    cache: &Cache<K, Arc<V>>,
+/// (the others wait and reuse its result). If the load fails, a not-too-old entry is served
+/// as stale; without one the error stands.
+async fn read_through<C, Q, Fut>(
+    cache: &C,
     key: &Q,
     epoch: &AtomicU64,
     policy: &Policy,
-    load: F,
-) -> Result<(Arc<V>, Lookup), StoreError>
+    load: Fut,
+) -> Result<(C::Entry, Lookup), StoreError>
 where
-    K: std::hash::Hash + Eq + Send + Sync + 'static + std::borrow::Borrow<Q>,
-    Q: std::hash::Hash + Eq + ToOwned<Owned = K> + ?Sized,
-    V: Cached,
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<V, StoreError>>,
+    C: LoadingCache<Q>,
+    Q: ?Sized,
+    Fut: Future<Output = Result<C::Entry, StoreError>> + Send,
 {
-    let fresh = |entry: &V| entry.is_fresh(Instant::now(), epoch.load(Ordering::Acquire), policy);
-    if let Some(entry) = cache.get(key).await {
+    let fresh =
+        |entry: &C::Entry| entry.is_fresh(monotonic_ms(), epoch.load(Ordering::Acquire), policy);
+    if let Some(entry) = cache.lookup(key).await {
         if fresh(&entry) {
             let lookup = if entry.is_negative() {
                 Lookup::NegativeHit
@@ -409,57 +553,100 @@ where
             return Ok((entry, lookup));
         }
     }
-    let mut failure = None;
-    let outcome = cache
-        .entry_by_ref(key)
-        .and_compute_with(|current| {
-            let failure = &mut failure;
-            async move {
-                // Someone else may have refreshed it while we waited our turn.
-                if current.as_ref().is_some_and(|e| fresh(e.value())) {
-                    return Op::Nop;
-                }
-                match load().await {
-                    Ok(fresh) => Op::Put(Arc::new(fresh)),
-                    Err(e) => {
-                        *failure = Some(e);
-                        Op::Nop
-                    }
-                }
-            }
-        })
-        .await;
-    let entry = match outcome {
-        CompResult::Inserted(e) | CompResult::ReplacedWith(e) | CompResult::Unchanged(e) => {
-            Some(e.into_value())
-        }
-        CompResult::StillNone(_) | CompResult::Removed(_) => None,
-    };
-    match (failure, entry) {
-        (None, Some(entry)) => Ok((entry, Lookup::Miss)),
-        // moka drops positive entries once `ttl + stale_if_error` has passed, so whatever
-        // is still here is within the window.
-        (Some(e), Some(entry)) => {
+    match cache.load_once(key, fresh, load).await {
+        (Some(entry), None) => Ok((entry, Lookup::Miss)),
+        // Both caches drop positive entries once `ttl + stale_if_error` has passed, so
+        // whatever is still here is within the window.
+        (Some(entry), Some(e)) => {
             tracing::debug!(error = %e, "store failed; serving the last known record");
             Ok((entry, Lookup::Stale))
         }
-        (Some(e), None) => Err(e),
+        (None, Some(e)) => Err(e),
         (None, None) => Err(StoreError::Other("cache entry vanished during load".into())),
     }
 }
 
 impl CachedKey {
-    fn from_record(record: &KeyRecord) -> Self {
+    pub fn from_record(record: &KeyRecord) -> Self {
+        let id_header = header_text_of(&record.id);
+        let name_header = header_text_of(&record.name);
+        let mut text =
+            String::with_capacity(record.id.len() + record.owner.len() + name_header.len() + 8);
+        let offset = |text: &String| u32::try_from(text.len()).expect("ids and names are short");
+        text.push_str(&record.id);
+        let id_end = offset(&text);
+        text.push_str(&record.owner);
+        let owner_end = offset(&text);
+        let id_header = match id_header {
+            Cow::Borrowed(_) => (0, id_end),
+            Cow::Owned(encoded) => {
+                text.push_str(&encoded);
+                (owner_end, offset(&text))
+            }
+        };
+        let name_start = offset(&text);
+        text.push_str(&name_header);
+        let limits = (record.permissions.is_some() || record.rate_limit.is_some()).then(|| {
+            Arc::new(KeyLimits {
+                restriction: record.permissions.clone().map(Vec::into_boxed_slice),
+                rate_limit: record.rate_limit,
+            })
+        });
         Self {
-            id: record.id.as_str().into(),
-            owner: record.owner.as_str().into(),
+            text: Bytes::from(text),
+            id_end,
+            owner_end,
+            id_header,
+            name_start,
             enabled: record.enabled,
-            expires_at: record.expires_at,
-            restriction: record.permissions.clone().map(Vec::into_boxed_slice),
-            rate_limit: record.rate_limit,
-            id_header: header_text(&record.id),
-            name_header: header_text(&record.name),
+            expires_at_ms: record
+                .expires_at
+                .map_or(i64::MAX, |at| at.timestamp_millis()),
+            limits,
         }
+    }
+
+    pub fn id(&self) -> &str {
+        self.str_at(0..self.id_end)
+    }
+
+    /// The id of the user the key belongs to.
+    pub fn owner(&self) -> &str {
+        self.str_at(self.id_end..self.owner_end)
+    }
+
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        (self.expires_at_ms != i64::MAX)
+            .then(|| DateTime::from_timestamp_millis(self.expires_at_ms))
+            .flatten()
+    }
+
+    /// The key's own restriction of its owner's permissions, if any.
+    pub fn restriction(&self) -> Option<&[String]> {
+        self.limits.as_ref()?.restriction.as_deref()
+    }
+
+    pub fn rate_limit(&self) -> Option<&RateLimit> {
+        self.limits.as_ref()?.rate_limit.as_ref()
+    }
+
+    /// The id as a header value (a slice of the shared buffer: no copy).
+    pub fn id_header(&self) -> HeaderValue {
+        self.header_at(self.id_header.0..self.id_header.1)
+    }
+
+    pub fn name_header(&self) -> HeaderValue {
+        self.header_at(self.name_start..u32::try_from(self.text.len()).unwrap_or(u32::MAX))
+    }
+
+    fn str_at(&self, range: Range<u32>) -> &str {
+        std::str::from_utf8(&self.text[range.start as usize..range.end as usize])
+            .expect("sliced at the boundaries of the strings it was built from")
+    }
+
+    fn header_at(&self, range: Range<u32>) -> HeaderValue {
+        HeaderValue::from_maybe_shared(self.text.slice(range.start as usize..range.end as usize))
+            .expect("header_text made the header values visible ASCII")
     }
 }
 
@@ -493,9 +680,14 @@ impl UserEntry {
 /// A header value for free text (key names may hold any Unicode): bytes outside visible
 /// ASCII are percent-encoded so the value is always valid and unambiguous.
 pub fn header_text(text: &str) -> HeaderValue {
+    HeaderValue::from_str(&header_text_of(text)).expect("visible ASCII is a valid header value")
+}
+
+/// [`header_text`]'s encoding, borrowed when `text` needs none.
+fn header_text_of(text: &str) -> Cow<'_, str> {
     let plain = |b: u8| (0x20..0x7f).contains(&b) && b != b'%';
     if text.bytes().all(plain) {
-        return HeaderValue::from_str(text).expect("visible ASCII is a valid header value");
+        return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() * 3);
     for b in text.bytes() {
@@ -505,7 +697,7 @@ pub fn header_text(text: &str) -> HeaderValue {
             out.push_str(&format!("%{b:02X}"));
         }
     }
-    HeaderValue::from_str(&out).expect("percent-encoded ASCII is a valid header value")
+    Cow::Owned(out)
 }
 
 #[cfg(test)]

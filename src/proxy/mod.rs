@@ -36,6 +36,10 @@ pub use refusal::Refusal;
 use rewrite::ClientSide;
 use route::{Route, Router};
 
+/// The most headers `forward` adds to a request: six identity headers, three forwarding
+/// headers, `X-Request-Id` and `Host`.
+pub const ADDED_HEADERS: usize = 11;
+
 /// Bodies stream through untouched; refusals are small and complete.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
@@ -92,7 +96,7 @@ struct Exchange {
     route: Option<Route>,
     /// `ok`, `anonymous`, `unchecked` (auth: none), or the refusal code.
     decision: &'static str,
-    key: Option<Arc<CachedKey>>,
+    key: Option<CachedKey>,
     upstream: Option<Duration>,
 }
 
@@ -219,8 +223,8 @@ impl Proxy {
             let (key, user) = (&principal.key, &principal.user);
             self.limits
                 .admit(
-                    &key.id,
-                    key.rate_limit.as_ref(),
+                    key.id(),
+                    key.rate_limit(),
                     &user.id,
                     user.rate_limit.as_ref(),
                 )
@@ -230,7 +234,7 @@ impl Proxy {
                         retry_after_secs: retry_after_secs(wait),
                     }
                 })?;
-            self.usage.record(&key.id);
+            self.usage.record(key.id());
         }
         self.forward(state, &route, req, conn, &caller, exchange)
             .await
@@ -268,6 +272,9 @@ impl Proxy {
         })?;
 
         let headers = req.headers_mut();
+        // Room for what is added below (identity, forwarding, request id, host) at once,
+        // rather than growing the map several times on the way.
+        headers.reserve(ADDED_HEADERS);
         rewrite::strip_hop_by_hop(headers, upgrade);
         state.auth.strip_credentials(headers);
         rewrite::strip_identity_headers(headers, &state.identity.prefix);
@@ -348,7 +355,7 @@ fn access_log(
         route = x.route.as_ref().map_or("-", |r| &*r.config.name),
         status = status.as_u16(),
         decision = x.decision,
-        key_id = x.key.as_ref().map_or("-", |k| &*k.id),
+        key_id = x.key.as_ref().map_or("-", |k| k.id()),
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         upstream_ms = x.upstream.map(|d| d.as_secs_f64() * 1000.0),
         "request"

@@ -1,6 +1,7 @@
 //! Header and URI rewriting between the client and the upstream: hop-by-hop removal,
 //! request ids, forwarding headers, spoofed identity headers, the upstream URI.
 
+use std::io::Write;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -137,7 +138,14 @@ pub struct ClientSide<'a> {
 /// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto`/`-Host`.
 /// Proto and Host are overwritten: this gateway is where TLS and the host were seen.
 pub fn set_forwarding_headers(headers: &mut HeaderMap, client: &ClientSide<'_>) {
-    let ip = client.ip.to_canonical().to_string();
+    // Formatted on the stack: the longest IPv6 text is 45 bytes.
+    let mut ip_buf = [0u8; 64];
+    let ip = {
+        let mut cursor = std::io::Cursor::new(&mut ip_buf[..]);
+        write!(cursor, "{}", client.ip.to_canonical()).expect("an IP address fits in 64 bytes");
+        let len = usize::try_from(cursor.position()).expect("at most 64");
+        &ip_buf[..len]
+    };
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) if !prior.trim().is_empty() => {
             let mut all = headers
@@ -147,12 +155,12 @@ pub fn set_forwarding_headers(headers: &mut HeaderMap, client: &ClientSide<'_>) 
                 .collect::<Vec<_>>()
                 .join(", ");
             all.push_str(", ");
-            all.push_str(&ip);
-            all
+            all.push_str(std::str::from_utf8(ip).expect("an IP address is ASCII"));
+            HeaderValue::from_str(&all)
         }
-        _ => ip,
+        _ => HeaderValue::from_bytes(ip),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Ok(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(
