@@ -81,6 +81,7 @@ pub struct IssuedKey {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"owner": "alice", "name": "CI deploys", "expires_in": "90d"}))]
 pub struct CreateKey {
     /// The user the key belongs to. Self-service callers may leave it out (themselves).
     #[schema(pattern = r"^[A-Za-z0-9._@-]{1,128}$")]
@@ -92,6 +93,7 @@ pub struct CreateKey {
     #[schema(max_length = 1000)]
     pub description: Option<String>,
     /// A duration such as `30d`; or give `expires_at`, or `never_expires: true`.
+    #[schema(pattern = r"^[0-9]+(ms|s|m|h|d)$")]
     pub expires_in: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
     pub never_expires: Option<bool>,
@@ -137,8 +139,10 @@ where
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"grace": "24h"}))]
 pub struct RollKey {
     /// How long the old key keeps working, e.g. `24h`. Default: it stops at once.
+    #[schema(pattern = r"^[0-9]+(ms|s|m|h|d)$")]
     pub grace: Option<String>,
 }
 
@@ -205,6 +209,7 @@ pub struct VerifyAnswer {
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"tenant": "acme", "name": "Alice", "groups": ["readers"], "permissions": ["profile:read"]}))]
 pub struct PutUser {
     pub tenant: Option<String>,
     pub name: Option<String>,
@@ -253,6 +258,7 @@ pub struct UserList {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"tenant": "acme", "permissions": ["orders:read"]}))]
 pub struct PutGroup {
     pub tenant: Option<String>,
     pub permissions: Vec<String>,
