@@ -35,7 +35,8 @@ enum Outcome {
     Answered,
     /// A status other than 200, or a body cut short: always a failure.
     BadAnswer(String),
-    /// `connect` refused: the listener is closed.
+    /// `connect` failed (refused; or reset, when the listener closed mid-handshake): the
+    /// listener is closed and nothing was sent.
     Refused,
     /// The connection ended before any response byte arrived. On a reused connection this
     /// is the keep-alive race (the server closed it as idle while the request was on its
@@ -74,7 +75,14 @@ async fn load_client(
         if conn.is_none() {
             let stream = match TcpStream::connect(addr).await {
                 Ok(s) => s,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                // Refused, or reset by a listener closing as the handshake completed:
+                // either way `connect` failed and nothing was sent.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+                    ) =>
+                {
                     records.push(Record {
                         seq,
                         at_ms: at_ms(),
@@ -168,6 +176,20 @@ async fn load_client(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_answers_every_request_it_took_in() {
+    sigterm_under_load(false).await;
+}
+
+/// The stricter promise: not even a request racing the close of an idle keep-alive
+/// connection goes unanswered. Fails in about half the runs until src/server.rs closes
+/// keep-alive connections at response boundaries while draining (docs/reliability.md,
+/// "SIGTERM under load").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the drain change to src/server.rs described in docs/reliability.md"]
+async fn sigterm_under_load_leaves_no_request_unanswered() {
+    sigterm_under_load(true).await;
+}
+
+async fn sigterm_under_load(strict: bool) {
     let reached: Arc<Mutex<HashSet<u64>>> = Arc::default();
     let seen = reached.clone();
     let up = upstream(move |req: Request<hyper::body::Incoming>| {
@@ -255,6 +277,9 @@ async fn sigterm_under_load_answers_every_request_it_took_in() {
             r.seq,
             r.outcome
         );
+    }
+    if strict {
+        assert!(race.is_empty(), "requests left unanswered at close");
     }
     // Every answered request was processed exactly by the upstream (no answer from nowhere).
     for r in records.iter().filter(|r| r.outcome == Outcome::Answered) {
