@@ -16,7 +16,7 @@ use common::backend::Backend;
 use common::redis::RedisServer;
 use common::*;
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use serde_json::{json, Value};
 
 const TOKEN: &str = "kgdurable-bootstrap-9c2f41d8e07ab365";
@@ -37,18 +37,11 @@ async fn call(
         .header("content-type", "application/json")
         .body(Full::from(body.map(|b| b.to_string()).unwrap_or_default()))
         .unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(10), client().request(req))
-        .await
-        .map_err(|_| "timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+    let answer = try_send(&client(), req).await?;
+    Ok((
+        answer.status,
+        serde_json::from_slice(&answer.body).unwrap_or(Value::Null),
+    ))
 }
 
 /// What a key should be after the writes the test knows were acknowledged.

@@ -18,7 +18,7 @@ use common::backend::{Backend, TEST_REDIS_PREFIX};
 use common::redis::RedisServer;
 use common::*;
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use keygate::auth::key::{self, KeyHash};
 use keygate::events::{channel_for, Change};
 use keygate::store::redis::RedisStore;
@@ -53,22 +53,12 @@ async fn proxy_call(gw_url: &str, secret: &str) -> Result<(u16, String), String>
         .header("x-api-key", secret)
         .body(Full::default())
         .unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(10), client().request(req))
-        .await
-        .map_err(|_| "timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    let code = serde_json::from_slice::<Value>(&body)
+    let answer = try_send(&client(), req).await?;
+    let code = serde_json::from_slice::<Value>(&answer.body)
         .ok()
         .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
         .unwrap_or_default();
-    Ok((status, code))
+    Ok((answer.status.as_u16(), code))
 }
 
 /// Sends requests with the current `secret` back to back until `stop`, noting the outage

@@ -19,11 +19,7 @@ use sha2::{Digest, Sha256};
 const TOKEN: &str = "kghygiene-bootstrap-2b7e151628aed2a6";
 
 fn sha256_hex(text: &str) -> String {
-    hex_lower(&Sha256::digest(text.as_bytes()))
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(Sha256::digest(text.as_bytes()))
 }
 
 /// Everything that must never be shown: the secret, and its hash in either case.
