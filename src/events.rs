@@ -73,9 +73,12 @@ impl Events {
     /// Publishes on `channel` of the Redis at `url`. Pair with [`run_subscriber`].
     pub fn redis(verifier: Arc<Verifier>, url: &str, channel: String) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(|e| StoreError::Other(e.to_string()))?;
+        // As the store's connection: answer an outage quickly, reconnect on the next use.
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(Duration::from_secs(1)));
+            .set_response_timeout(Some(Duration::from_secs(1)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
         let conn = client
             .get_connection_manager_lazy(config)
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
@@ -98,15 +101,25 @@ impl Events {
             Transport::Redis { conn, channel } => {
                 let payload =
                     serde_json::to_vec(&event).map_err(|e| StoreError::Other(e.to_string()))?;
-                redis::cmd("PUBLISH")
-                    .arg(channel)
-                    .arg(payload)
-                    .query_async::<i64>(&mut conn.clone())
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| {
-                        StoreError::Unavailable(format!("publishing an invalidation: {e}"))
-                    })
+                let mut command = redis::cmd("PUBLISH");
+                command.arg(channel).arg(payload);
+                let publish = || {
+                    let command = command.clone();
+                    let mut conn = conn.clone();
+                    async move { command.query_async::<i64>(&mut conn).await }
+                };
+                // The first command on a connection that dropped since its last use fails
+                // and starts the reconnect; the write this event follows has already been
+                // made, so publish again rather than report a change as not made (and have
+                // a retried DELETE find nothing left to publish for). Applying an
+                // invalidation twice is harmless.
+                let result = match publish().await {
+                    Err(e) if e.is_connection_dropped() || e.is_io_error() => publish().await,
+                    other => other,
+                };
+                result.map(|_| ()).map_err(|e| {
+                    StoreError::Unavailable(format!("publishing an invalidation: {e}"))
+                })
             }
         }
     }

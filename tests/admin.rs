@@ -264,6 +264,7 @@ on_both_backends!(
     verify_answers_like_the_proxy,
     user_and_group_changes_take_effect_at_once,
     last_used_at_is_recorded,
+    other_tenants_objects_answer_exactly_like_missing_ones,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -1009,12 +1010,113 @@ async fn invalid_requests_name_the_field() {
         boot.get(path).await.expect_invalid("limit");
     }
     boot.get("/v1/keys?limit=1000").await.expect(200);
-    boot.get("/v1/keys?limit=x")
-        .await
-        .expect_error(400, "invalid_request");
+    boot.get("/v1/keys?limit=x").await.expect_invalid("limit: ");
     boot.get("/v1/keys?status=bogus")
         .await
-        .expect_error(400, "invalid_request");
+        .expect_invalid("status: ");
+    boot.get("/v1/keys?colour=red")
+        .await
+        .expect_invalid("colour");
+    boot.get("/v1/audit?limit=-1")
+        .await
+        .expect_invalid("limit: ");
+}
+
+/// Input found by scripts/test-schemathesis and by hand: each gets the JSON error shape of
+/// CONTRACT §6 (never axum's plain text, never a connection closed without an answer).
+#[tokio::test]
+async fn odd_input_gets_json_errors() {
+    let env = start(Backend::redis()).await;
+    let gw = &env.gw;
+    let boot = Admin::bootstrap(gw);
+    boot.user("alice", json!({ "tenant": "acme" })).await;
+    let (id, _) = boot.new_key("alice", "k").await;
+    let json_error = |r: &Resp| {
+        let ct = r
+            .headers
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(ct.as_deref(), Some("application/json"), "{}", r.text);
+    };
+
+    // Path ids that are not UTF-8 once decoded.
+    for (method, path) in [
+        ("GET", "/v1/keys/%FF"),
+        ("DELETE", "/v1/keys/%C3%28"),
+        ("GET", "/v1/users/%FF"),
+        ("PUT", "/v1/groups/%FF"),
+    ] {
+        let body = (method == "PUT").then(|| json!({ "permissions": [] }));
+        let r = boot.call(method, path, body).await;
+        r.expect_invalid("id: ");
+        json_error(&r);
+    }
+
+    // A body over the admin limit: refused by name, as JSON.
+    let big = json!({ "owner": "alice", "name": "big", "description": "d".repeat(2 << 20) });
+    let r = boot.post("/v1/keys", big).await;
+    r.expect_invalid("body: ");
+    json_error(&r);
+
+    // Expiry dates past year 9999 are refused: RFC 3339 has four-digit years, and a roll
+    // adds the key's lifetime to the current time.
+    for far in ["+100000-01-01T00:00:00Z", "+262142-12-31T23:59:59Z"] {
+        boot.post(
+            "/v1/keys",
+            json!({ "owner": "alice", "name": "far", "expires_at": far }),
+        )
+        .await
+        .expect_invalid("expires_at: ");
+        boot.patch(&format!("/v1/keys/{id}"), json!({ "expires_at": far }))
+            .await
+            .expect_invalid("expires_at: ");
+        boot.post(
+            "/v1/keys/import",
+            json!({ "key": key::generate("kg").unwrap(), "owner": "alice", "name": "far", "expires_at": far }),
+        )
+        .await
+        .expect_invalid("expires_at: ");
+    }
+    let r = boot
+        .post(
+            "/v1/keys",
+            json!({ "owner": "alice", "name": "last", "expires_at": "9999-12-31T23:59:59Z" }),
+        )
+        .await;
+    let last = r.expect(201)["id"].as_str().unwrap().to_owned();
+    // Rolling it (lifetime ≈ 8000 years from now) caps the new expiry instead of overflowing.
+    let r = boot.post(&format!("/v1/keys/{last}/roll"), json!({})).await;
+    assert_eq!(r.expect(201)["expires_at"], "9999-12-31T23:59:59Z");
+    // A record already stored with a far date (written before this check existed) rolls too.
+    let store = env.backend.store().await;
+    let mut old = store.get_key(&last).await.unwrap().unwrap();
+    old.id = "key_0000far".into();
+    old.hash = keygate::auth::key::KeyHash::of(&key::generate("kg").unwrap());
+    old.expires_at = "+262142-12-31T23:59:59Z".parse().ok();
+    store.insert_key(&old).await.unwrap();
+    let r = boot.post("/v1/keys/key_0000far/roll", json!({})).await;
+    assert_eq!(r.expect(201)["expires_at"], "9999-12-31T23:59:59Z");
+
+    // Users' names are one line, like keys' names.
+    boot.put("/v1/users/bob", json!({ "name": "a\u{0}b" }))
+        .await
+        .expect_invalid("name: ");
+    boot.patch("/v1/users/alice", json!({ "name": "two\nlines" }))
+        .await
+        .expect_invalid("name: ");
+    // A rate-limit window of over a year would hand out Retry-After values of years.
+    boot.patch(
+        &format!("/v1/keys/{id}"),
+        json!({ "rate_limit": { "requests": 1, "per": "366d" } }),
+    )
+    .await
+    .expect_invalid("rate_limit.per: ");
+    boot.patch(
+        &format!("/v1/keys/{id}"),
+        json!({ "rate_limit": { "requests": 1, "per": "365d" } }),
+    )
+    .await
+    .expect(200);
 }
 
 #[tokio::test]
@@ -1384,6 +1486,242 @@ async fn tenant_admins_see_and_touch_their_own_tenant_only() {
     assert!(tenants.contains(&&json!("A")) && tenants.contains(&&json!("B")));
     let r = boot.post("/v1/verify", json!({ "key": wb })).await;
     assert_eq!(r.expect(200)["tenant"], "B");
+}
+
+/// The answer to a request naming an id, with that id blanked out of the message, so the
+/// answer for another tenant's object can be compared with the one for an id that never
+/// existed.
+async fn answer_without_id(
+    who: &Admin<'_>,
+    method: &str,
+    path: &str,
+    id: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let r = who.call(method, &path.replace("{id}", id), body).await;
+    let mut json = r.json.clone();
+    json["request_id"] = Value::Null;
+    if let Some(message) = json["error"]["message"].as_str() {
+        json["error"]["message"] = Value::String(message.replace(id, "{id}"));
+    }
+    (r.status.as_u16(), json)
+}
+
+/// For every endpoint that takes an id, and for a tenant admin and a self-service key of
+/// tenant A: tenant B's objects answer exactly as ids that do not exist (same status, code
+/// and message), nothing of B's changes, and no other way in (lists, cursors, group
+/// membership, key import, verify, the audit log) shows or touches B's objects.
+async fn other_tenants_objects_answer_exactly_like_missing_ones(backend: Backend) {
+    let env = start(backend).await;
+    let gw = &env.gw;
+    let boot = Admin::bootstrap(gw);
+    boot.group(
+        "g-a",
+        json!({ "tenant": "A", "permissions": ["orders:read"] }),
+    )
+    .await;
+    boot.group(
+        "g-b",
+        json!({ "tenant": "B", "permissions": ["orders:read"] }),
+    )
+    .await;
+    for (user, tenant, perms) in [
+        ("admin-a", "A", json!(["keygate:admin"])),
+        ("self-a", "A", json!(["keygate:self"])),
+        ("worker-a", "A", json!([])),
+        ("admin-b", "B", json!(["keygate:admin"])),
+        ("worker-b", "B", json!([])),
+    ] {
+        let groups = if user.starts_with("worker") {
+            json!([format!("g-{}", tenant.to_lowercase())])
+        } else {
+            json!([])
+        };
+        boot.user(
+            user,
+            json!({ "tenant": tenant, "permissions": perms, "groups": groups }),
+        )
+        .await;
+    }
+    let (_, ka) = boot.new_key("admin-a", "admin a").await;
+    let (_, ksa) = boot.new_key("self-a", "self a").await;
+    let (wa_id, wa) = boot.new_key("worker-a", "worker a").await;
+    let (kb_id, kb) = boot.new_key("admin-b", "admin b").await;
+    let (wb_id, wb) = boot.new_key("worker-b", "worker b").await;
+    let a = Admin::with(gw, Some(&ka));
+    let sa = Admin::with(gw, Some(&ksa));
+    assert_eq!(a.get("/v1/whoami").await.expect(200)["tenant"], "A");
+
+    // Every verb on every object path, B's ids against ids that never existed. (PUT is
+    // create-or-replace over global ids: another tenant's id is taken, 409, by design.)
+    let missing_key = "key_0000000000nope";
+    let calls: [(&str, &str, Option<Value>); 9] = [
+        ("GET", "/v1/keys/{id}", None),
+        (
+            "PATCH",
+            "/v1/keys/{id}",
+            Some(json!({ "enabled": false, "name": "taken" })),
+        ),
+        ("POST", "/v1/keys/{id}/roll", Some(json!({ "grace": "1h" }))),
+        ("DELETE", "/v1/keys/{id}", None),
+        ("GET", "/v1/users/{id}", None),
+        ("PATCH", "/v1/users/{id}", Some(json!({ "active": false }))),
+        ("DELETE", "/v1/users/{id}", None),
+        ("GET", "/v1/groups/{id}", None),
+        ("DELETE", "/v1/groups/{id}", None),
+    ];
+    let mut compared = 0;
+    for who in [&a, &sa] {
+        for (method, path, body) in &calls {
+            let foreign: &[&str] = match path.split('/').nth(2) {
+                Some("keys") => &[wb_id.as_str(), kb_id.as_str()],
+                Some("users") => &["worker-b", "admin-b"],
+                _ => &["g-b"],
+            };
+            let missing = if path.starts_with("/v1/keys") {
+                missing_key
+            } else {
+                "nobody-here"
+            };
+            let want = answer_without_id(who, method, path, missing, body.clone()).await;
+            assert!(want.0 == 404 || want.0 == 403, "{method} {path}: {want:?}");
+            for id in foreign {
+                let got = answer_without_id(who, method, path, id, body.clone()).await;
+                assert_eq!(
+                    got, want,
+                    "{method} {path} with {id}: B's object is visible"
+                );
+                compared += 1;
+            }
+        }
+    }
+    assert_eq!(compared, 2 * 2 * 9 - 2 * 2); // groups have one foreign id
+
+    // Nothing of B's changed: its keys work with B's identity, its admin still administers,
+    // its user is active and its group still grants.
+    for secret in [&wb, &kb] {
+        let r = through(gw, "/things", secret).await;
+        assert_ok(&r);
+        assert_eq!(r.json()["headers"]["x-keygate-tenant"][0], "B");
+    }
+    let b = Admin::with(gw, Some(&kb));
+    assert_eq!(ids(b.get("/v1/keys").await.expect(200)).len(), 2);
+    assert_eq!(
+        b.get("/v1/users/worker-b").await.expect(200)["active"],
+        true
+    );
+    assert_eq!(
+        b.get("/v1/groups/g-b").await.expect(200)["permissions"],
+        json!(["orders:read"])
+    );
+    assert_eq!(
+        boot.get(&format!("/v1/keys/{wb_id}")).await.expect(200)["name"],
+        "worker b"
+    );
+
+    // Lists: a cursor taken from B's ids still pages through A's keys only; filters on B's
+    // users find nothing.
+    for cursor in ["", kb_id.as_str(), wb_id.as_str(), "key_"] {
+        let r = a.get(&format!("/v1/keys?cursor={cursor}&limit=1000")).await;
+        let listed = ids(r.expect(200));
+        assert!(
+            !listed.contains(&wb_id) && !listed.contains(&kb_id),
+            "{}",
+            r.text
+        );
+    }
+    for query in [
+        "owner=worker-b",
+        "owner=admin-b",
+        "status=active&owner=worker-b",
+    ] {
+        assert!(ids(a.get(&format!("/v1/keys?{query}")).await.expect(200)).is_empty());
+    }
+    let mine = ids(sa.get("/v1/keys").await.expect(200));
+    assert_eq!(
+        mine.len(),
+        1,
+        "self-service lists its own keys only: {mine:?}"
+    );
+
+    // Group membership: B's group is refused exactly like a group that does not exist.
+    let strip = |r: Resp, name: &str| r.expect_error(400, "invalid_request").replace(name, "{g}");
+    let foreign = strip(
+        a.patch("/v1/users/worker-a", json!({ "groups": ["g-b"] }))
+            .await,
+        "g-b",
+    );
+    let missing = strip(
+        a.patch("/v1/users/worker-a", json!({ "groups": ["g-zz"] }))
+            .await,
+        "g-zz",
+    );
+    assert_eq!(foreign, missing);
+    let foreign = strip(
+        a.put("/v1/users/new-a", json!({ "groups": ["g-b"] })).await,
+        "g-b",
+    );
+    assert_eq!(foreign, missing);
+    // Issuing keys for B's users: refused like an unknown owner.
+    let strip = |r: Resp, name: &str| r.expect_error(400, "invalid_request").replace(name, "{u}");
+    let foreign = strip(
+        a.post("/v1/keys", json!({ "owner": "worker-b", "name": "x" }))
+            .await,
+        "worker-b",
+    );
+    let missing = strip(
+        a.post("/v1/keys", json!({ "owner": "nobody-here", "name": "x" }))
+            .await,
+        "nobody-here",
+    );
+    assert_eq!(foreign, missing);
+    let foreign = strip(
+        sa.post("/v1/keys", json!({ "owner": "worker-a", "name": "x" }))
+            .await,
+        "worker-a",
+    );
+    let missing = strip(
+        sa.post("/v1/keys", json!({ "owner": "nobody-here", "name": "x" }))
+            .await,
+        "nobody-here",
+    );
+    assert_eq!(
+        foreign, missing,
+        "self-service: another user of its tenant is unknown too"
+    );
+
+    // A leaked B secret cannot be adopted into A by import, by plaintext or by hash.
+    for body in [
+        json!({ "key": wb, "owner": "worker-a", "name": "takeover" }),
+        json!({ "sha256": sha256_hex(&wb), "owner": "worker-a", "name": "takeover" }),
+    ] {
+        a.post("/v1/keys/import", body)
+            .await
+            .expect_error(409, "conflict");
+    }
+    let r = through(gw, "/orders/1", &wb).await;
+    assert_eq!(r.json()["headers"]["x-keygate-user"][0], "worker-b");
+
+    // Verify: B's keys (and, for self-service, another user's) look unknown.
+    for (who, secret) in [(&a, &wb), (&a, &kb), (&sa, &wb), (&sa, &wa)] {
+        let r = who.post("/v1/verify", json!({ "key": secret })).await;
+        let v = r.expect(200);
+        assert_eq!(v["code"], "invalid_key", "{v}");
+        for field in ["key_id", "tenant", "user", "groups", "permissions"] {
+            assert_eq!(v[field], Value::Null, "{field} leaks: {v}");
+        }
+    }
+    assert_eq!(
+        a.post("/v1/verify", json!({ "key": wa })).await.expect(200)["valid"],
+        true
+    );
+
+    // A's audit log names none of B's objects, though B's were created and A poked at them.
+    let text = a.get("/v1/audit?limit=1000").await.text;
+    for b_thing in [wb_id.as_str(), kb_id.as_str(), "worker-b", "admin-b", "g-b"] {
+        assert!(!text.contains(b_thing), "{b_thing} in A's audit: {text}");
+    }
+    assert!(text.contains(&wa_id), "{text}");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,8 +1,6 @@
 //! `/v1/keys`, `/v1/keys/import`, `/v1/keys/{id}`, `/v1/keys/{id}/roll`, `/v1/verify`.
 
-use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -10,6 +8,7 @@ use chrono::{DateTime, Utc};
 
 use super::caller::Caller;
 use super::error::ApiError;
+use super::extract::{Id, Params, RawBody};
 use super::views::*;
 use super::{parse_json, validate, Shared};
 use crate::auth::key::{self, KeyHash};
@@ -30,7 +29,7 @@ const MAX_PAGES_PER_LIST: usize = 20;
 pub async fn create(
     State(state): State<Shared>,
     caller: Caller,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let req: CreateKey = parse_json(&body)?;
     let owner_id = match (&req.owner, &caller) {
@@ -87,9 +86,8 @@ pub async fn create(
 pub async fn list(
     State(state): State<Shared>,
     caller: Caller,
-    query: Result<Query<ListKeysQuery>, QueryRejection>,
+    Params(q): Params<ListKeysQuery>,
 ) -> Result<Json<KeyList>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
     let limit = validate::limit(q.limit)?;
     let (tenant, owner) = match &caller {
         Caller::SuperAdmin => (q.tenant, q.owner),
@@ -152,7 +150,7 @@ pub async fn list(
 pub async fn show(
     State(state): State<Shared>,
     caller: Caller,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> Result<Json<KeyView>, ApiError> {
     let key = key_in_reach(&state, &caller, &id).await?;
     Ok(Json(KeyView::of(&key)))
@@ -164,8 +162,8 @@ pub async fn show(
 pub async fn update(
     State(state): State<Shared>,
     caller: Caller,
-    Path(id): Path<String>,
-    body: Bytes,
+    Id(id): Id,
+    RawBody(body): RawBody,
 ) -> Result<Json<KeyView>, ApiError> {
     let req: UpdateKey = parse_json(&body)?;
     let mut key = key_in_reach(&state, &caller, &id).await?;
@@ -181,13 +179,17 @@ pub async fn update(
     if let Some(expires_at) = req.expires_at {
         match expires_at {
             Some(at) if at <= now => return Err(ApiError::invalid("expires_at", "is in the past")),
+            Some(at) => {
+                validate::expiry("expires_at", at)?;
+                key.expires_at = Some(at);
+            }
             None if !state.keys.allow_never_expires => {
                 return Err(ApiError::invalid(
                     "expires_at",
                     "null (never expires) is not allowed by keys.allow_never_expires",
                 ))
             }
-            _ => key.expires_at = expires_at,
+            None => key.expires_at = None,
         }
     }
     if let Some(perms) = req.permissions {
@@ -221,7 +223,7 @@ pub async fn update(
 pub async fn revoke(
     State(state): State<Shared>,
     caller: Caller,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> Result<StatusCode, ApiError> {
     let key = key_in_reach(&state, &caller, &id).await?;
     let Some(removed) = state.store.delete_key(&key.id).await? else {
@@ -242,8 +244,8 @@ pub async fn revoke(
 pub async fn roll(
     State(state): State<Shared>,
     caller: Caller,
-    Path(id): Path<String>,
-    body: Bytes,
+    Id(id): Id,
+    RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let req: RollKey = if body.is_empty() {
         RollKey::default()
@@ -263,8 +265,14 @@ pub async fn roll(
         start: key::start_of(&secret),
         created_at: now,
         updated_at: now,
-        // The new key lives as long as the old one was meant to.
-        expires_at: old.expires_at.map(|at| now + (at - old.created_at)),
+        // The new key lives as long as the old one was meant to (within the latest expiry;
+        // a record imported with a far date must not overflow the clock arithmetic).
+        expires_at: old.expires_at.map(|at| {
+            now.checked_add_signed(at - old.created_at)
+                .map_or(validate::latest_expiry(), |t| {
+                    t.min(validate::latest_expiry())
+                })
+        }),
         last_used_at: None,
         created_by: caller.actor(),
         enabled: true,
@@ -294,7 +302,7 @@ pub async fn roll(
 pub async fn import(
     State(state): State<Shared>,
     caller: Caller,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<KeyView>), ApiError> {
     caller.require_admin()?;
     let req: ImportKey = parse_json(&body)?;
@@ -327,6 +335,9 @@ pub async fn import(
     };
     let owner = owner_in_reach(&state, &caller, &req.owner).await?;
     validate::rate_limit("rate_limit", req.rate_limit.as_ref())?;
+    if let Some(at) = req.expires_at {
+        validate::expiry("expires_at", at)?;
+    }
     let description = checked_fields(
         &req.name,
         req.description,
@@ -367,7 +378,7 @@ pub async fn import(
 pub async fn verify(
     State(state): State<Shared>,
     caller: Caller,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Json<VerifyAnswer>, ApiError> {
     let req: VerifyRequest = parse_json(&body)?;
     let require = req.require.unwrap_or_default();
@@ -484,6 +495,7 @@ fn initial_expiry(
         if at <= now {
             return Err(ApiError::invalid("expires_at", "is in the past"));
         }
+        validate::expiry("expires_at", at)?;
         return Ok(Some(at));
     }
     if never {

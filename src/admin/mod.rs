@@ -4,6 +4,7 @@
 pub mod caller;
 pub mod console;
 pub mod error;
+pub mod extract;
 pub mod keys;
 pub mod openapi;
 pub mod users;
@@ -14,14 +15,15 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Request};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::Utc;
+use futures_util::FutureExt;
 use hyper::body::Incoming;
 use tower::ServiceExt;
 
@@ -32,6 +34,7 @@ use crate::proxy::rewrite;
 use crate::store::{AuditEntry, Store};
 pub use caller::Caller;
 pub use error::ApiError;
+pub use extract::parse_json;
 
 /// Everything the handlers share.
 pub struct AdminState {
@@ -114,6 +117,7 @@ pub fn router(state: Shared) -> Router {
         .route("/", get(console::index))
         .route("/console/{file}", get(console::asset))
         .fallback(|| async { ApiError::NotFound("endpoint".into()) })
+        .layer(DefaultBodyLimit::max(extract::BODY_MAX))
         .layer(middleware::from_fn(with_request_id))
         .with_state(state)
 }
@@ -148,9 +152,17 @@ pub fn current_request_id() -> String {
         .unwrap_or_default()
 }
 
+/// Gives every answer its `X-Request-Id`, and turns a handler panic into a JSON 500 rather
+/// than a connection closed without an answer (the panic itself is logged by the hook).
 async fn with_request_id(req: Request, next: Next) -> Response {
     let id = rewrite::request_id(req.headers());
-    let mut response = REQUEST_ID.scope(id.clone(), next.run(req)).await;
+    let handled = async {
+        std::panic::AssertUnwindSafe(next.run(req))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| ApiError::Internal("a handler panicked".into()).into_response())
+    };
+    let mut response = REQUEST_ID.scope(id.clone(), handled).await;
     response.headers_mut().insert(rewrite::X_REQUEST_ID, id);
     response
 }
@@ -170,40 +182,4 @@ impl FromRequestParts<Shared> for Caller {
         )
         .await
     }
-}
-
-/// Parses a JSON body strictly: unknown fields and type errors name the field.
-pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    if body.is_empty() {
-        return Err(ApiError::invalid("body", "expected a JSON object"));
-    }
-    let mut de = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let message = e.into_inner().to_string();
-        // serde_json appends " at line L column C": noise for a one-line API body.
-        let message = message
-            .split_once(" at line ")
-            .map_or(message.clone(), |(m, _)| m.to_owned());
-        let (mut field, message) = crate::config::locate_unknown_field(path, message);
-        // A missing field is reported at its parent; name the field itself.
-        if let Some((name, _)) = message
-            .strip_prefix("missing field `")
-            .and_then(|r| r.split_once('`'))
-        {
-            field = if field == "." {
-                name.to_owned()
-            } else {
-                format!("{field}.{name}")
-            };
-        }
-        ApiError::invalid(
-            if field == "." {
-                "body".to_owned()
-            } else {
-                field
-            },
-            message,
-        )
-    })
 }

@@ -1,15 +1,14 @@
 //! `/v1/users`, `/v1/groups` and `/v1/audit`: the directory keys draw their permissions
 //! from, and the record of who changed what.
 
-use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
 
 use super::caller::Caller;
 use super::error::ApiError;
+use super::extract::{Id, Params, RawBody};
 use super::views::*;
 use super::{parse_json, validate, Shared};
 use crate::events::Change;
@@ -33,21 +32,22 @@ pub async fn list_users(
 pub async fn show_user(
     State(state): State<Shared>,
     caller: Caller,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> Result<Json<UserView>, ApiError> {
     // Self-service callers may read their own user (to see their permissions).
     let user = user_in_reach(&state, &caller, &id).await?;
     Ok(Json(UserView::from(&user)))
 }
 
-#[utoipa::path(put, path = "/v1/users/{id}", tag = "users", params(("id" = String, Path)), request_body = PutUser,
-    responses((status = 200, body = UserView), (status = 201, body = UserView), (status = 400, body = ErrorBody)),
+#[utoipa::path(put, path = "/v1/users/{id}", tag = "users", params(("id" = String, Path, pattern = r"^[A-Za-z0-9._@-]{1,128}$")), request_body = PutUser,
+    responses((status = 200, body = UserView), (status = 201, body = UserView), (status = 400, body = ErrorBody),
+              (status = 409, description = "The id belongs to another tenant's user", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn put_user(
     State(state): State<Shared>,
     caller: Caller,
-    Path(id): Path<String>,
-    body: Bytes,
+    Id(id): Id,
+    RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<UserView>), ApiError> {
     caller.require_admin()?;
     validate::id("id", &id)?;
@@ -95,8 +95,8 @@ pub async fn put_user(
 pub async fn patch_user(
     State(state): State<Shared>,
     caller: Caller,
-    Path(id): Path<String>,
-    body: Bytes,
+    Id(id): Id,
+    RawBody(body): RawBody,
 ) -> Result<Json<UserView>, ApiError> {
     caller.require_admin()?;
     let req: PutUser = parse_json(&body)?;
@@ -141,7 +141,7 @@ pub async fn patch_user(
 pub async fn delete_user(
     State(state): State<Shared>,
     caller: Caller,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
     user_in_reach(&state, &caller, &id).await?;
@@ -176,21 +176,22 @@ pub async fn list_groups(
 pub async fn show_group(
     State(state): State<Shared>,
     caller: Caller,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> Result<Json<GroupView>, ApiError> {
     caller.require_admin()?;
     let group = group_in_reach(&state, &caller, &id).await?;
     Ok(Json(GroupView::from(&group)))
 }
 
-#[utoipa::path(put, path = "/v1/groups/{id}", tag = "groups", params(("id" = String, Path)), request_body = PutGroup,
-    responses((status = 200, body = GroupView), (status = 201, body = GroupView), (status = 400, body = ErrorBody)),
+#[utoipa::path(put, path = "/v1/groups/{id}", tag = "groups", params(("id" = String, Path, pattern = r"^[A-Za-z0-9._@-]{1,128}$")), request_body = PutGroup,
+    responses((status = 200, body = GroupView), (status = 201, body = GroupView), (status = 400, body = ErrorBody),
+              (status = 409, description = "The id belongs to another tenant's group", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn put_group(
     State(state): State<Shared>,
     caller: Caller,
-    Path(id): Path<String>,
-    body: Bytes,
+    Id(id): Id,
+    RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<GroupView>), ApiError> {
     caller.require_admin()?;
     validate::id("id", &id)?;
@@ -234,7 +235,7 @@ pub async fn put_group(
 pub async fn delete_group(
     State(state): State<Shared>,
     caller: Caller,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
     group_in_reach(&state, &caller, &id).await?;
@@ -263,10 +264,9 @@ pub async fn delete_group(
 pub async fn audit(
     State(state): State<Shared>,
     caller: Caller,
-    query: Result<Query<PageQuery>, QueryRejection>,
+    Params(q): Params<PageQuery>,
 ) -> Result<Json<AuditList>, ApiError> {
     caller.require_admin()?;
-    let Query(q) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
     let limit = validate::limit(q.limit)?;
     let page = state
         .store
@@ -303,12 +303,7 @@ fn chosen_tenant(caller: &Caller, asked: Option<&str>) -> Result<String, ApiErro
 /// Checks a user's fields and that its groups exist in its tenant; lists come back sorted.
 async fn checked_user(state: &Shared, mut user: User) -> Result<User, ApiError> {
     validate::rate_limit("rate_limit", user.rate_limit.as_ref())?;
-    if user.name.chars().count() > validate::NAME_MAX {
-        return Err(ApiError::invalid(
-            "name",
-            format!("must be at most {} characters", validate::NAME_MAX),
-        ));
-    }
+    validate::display_name(&user.name)?;
     validate::permissions("permissions", &user.permissions)?;
     for (i, g) in user.groups.iter().enumerate() {
         validate::id(&format!("groups[{i}]"), g)?;

@@ -1,5 +1,7 @@
 //! Field checks for admin requests; each error names the field (CONTRACT §6).
 
+use chrono::{DateTime, NaiveDate, Utc};
+
 use super::error::ApiError;
 
 pub const NAME_MAX: usize = 200;
@@ -8,6 +10,25 @@ pub const META_MAX_BYTES: usize = 4096;
 pub const PERMISSIONS_MAX: usize = 100;
 pub const PAGE_DEFAULT: usize = 100;
 pub const PAGE_MAX: usize = 1000;
+/// The longest rate-limit window: longer ones would hand out `Retry-After` values of years.
+pub const RATE_LIMIT_PER_MAX: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+
+/// The latest expiry a key may have: the last second of year 9999. RFC 3339 (and so the
+/// API's own answers) has four-digit years, and rolling a key adds its lifetime to the
+/// current time, which must stay representable.
+pub fn latest_expiry() -> DateTime<Utc> {
+    NaiveDate::from_ymd_opt(9999, 12, 31)
+        .and_then(|d| d.and_hms_opt(23, 59, 59))
+        .expect("a valid date")
+        .and_utc()
+}
+
+pub fn expiry(field: &str, at: DateTime<Utc>) -> Result<(), ApiError> {
+    if at > latest_expiry() {
+        return Err(ApiError::invalid(field, "must be before the year 10000"));
+    }
+    Ok(())
+}
 
 /// User and group ids: `[A-Za-z0-9._@-]{1,128}`.
 pub fn id(field: &str, value: &str) -> Result<(), ApiError> {
@@ -32,8 +53,18 @@ pub fn tenant(field: &str, value: &str) -> Result<(), ApiError> {
 }
 
 pub fn name(value: &str) -> Result<(), ApiError> {
-    let n = value.chars().count();
-    if value.trim().is_empty() || n > NAME_MAX {
+    if value.trim().is_empty() {
+        return Err(ApiError::invalid(
+            "name",
+            format!("must be 1 to {NAME_MAX} characters"),
+        ));
+    }
+    display_name(value)
+}
+
+/// A name shown to people (keys' required, users' optional): bounded, one line.
+pub fn display_name(value: &str) -> Result<(), ApiError> {
+    if value.chars().count() > NAME_MAX {
         return Err(ApiError::invalid(
             "name",
             format!("must be 1 to {NAME_MAX} characters"),
@@ -106,6 +137,10 @@ pub fn rate_limit(field: &str, value: Option<&crate::store::RateLimit>) -> Resul
             format!("{field}.per"),
             "must be greater than zero",
         )),
+        Some(r) if r.per.0 > RATE_LIMIT_PER_MAX => Err(ApiError::invalid(
+            format!("{field}.per"),
+            "must be at most 365d",
+        )),
         _ => Ok(()),
     }
 }
@@ -150,6 +185,15 @@ mod tests {
         assert!(name("a\nb").is_err());
         assert!(description(&"d".repeat(1000)).is_ok());
         assert!(description(&"d".repeat(1001)).is_err());
+        assert!(display_name("").is_ok());
+        assert!(display_name("a\u{0}b").is_err());
+    }
+
+    #[test]
+    fn expiries_stay_within_four_digit_years() {
+        assert!(expiry("expires_at", latest_expiry()).is_ok());
+        let later = latest_expiry() + chrono::Duration::seconds(1);
+        assert!(expiry("expires_at", later).is_err());
     }
 
     #[test]

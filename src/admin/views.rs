@@ -81,18 +81,24 @@ pub struct IssuedKey {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"owner": "alice", "name": "CI deploys", "expires_in": "90d"}))]
 pub struct CreateKey {
     /// The user the key belongs to. Self-service callers may leave it out (themselves).
+    #[schema(pattern = r"^[A-Za-z0-9._@-]{1,128}$")]
     pub owner: Option<String>,
     /// 1 to 200 characters.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// Up to 1000 characters.
+    #[schema(max_length = 1000)]
     pub description: Option<String>,
     /// A duration such as `30d`; or give `expires_at`, or `never_expires: true`.
+    #[schema(pattern = r"^[0-9]+(ms|s|m|h|d)$")]
     pub expires_in: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
     pub never_expires: Option<bool>,
     /// Narrow the key to these of its owner's permissions.
+    #[schema(max_items = 100)]
     pub permissions: Option<Vec<String>>,
     #[schema(value_type = Option<Object>)]
     pub meta: Option<serde_json::Value>,
@@ -105,7 +111,9 @@ pub struct CreateKey {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKey {
+    #[schema(min_length = 1, max_length = 200)]
     pub name: Option<String>,
+    #[schema(max_length = 1000)]
     pub description: Option<String>,
     pub enabled: Option<bool>,
     #[serde(default, deserialize_with = "present")]
@@ -131,8 +139,10 @@ where
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"grace": "24h"}))]
 pub struct RollKey {
     /// How long the old key keeps working, e.g. `24h`. Default: it stops at once.
+    #[schema(pattern = r"^[0-9]+(ms|s|m|h|d)$")]
     pub grace: Option<String>,
 }
 
@@ -140,10 +150,14 @@ pub struct RollKey {
 #[serde(deny_unknown_fields)]
 pub struct ImportKey {
     /// SHA-256 of the secret, 64 hex digits; or give the secret as `key`.
+    #[schema(pattern = r"^[0-9A-Fa-f]{64}$")]
     pub sha256: Option<String>,
     pub key: Option<String>,
+    #[schema(pattern = r"^[A-Za-z0-9._@-]{1,128}$")]
     pub owner: String,
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
+    #[schema(max_length = 1000)]
     pub description: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
     pub enabled: Option<bool>,
@@ -161,6 +175,7 @@ pub struct ListKeysQuery {
     pub tenant: Option<String>,
     pub status: Option<KeyStatus>,
     /// 1 to 1000; default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     pub cursor: Option<String>,
 }
@@ -194,6 +209,7 @@ pub struct VerifyAnswer {
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"tenant": "acme", "name": "Alice", "groups": ["readers"], "permissions": ["profile:read"]}))]
 pub struct PutUser {
     pub tenant: Option<String>,
     pub name: Option<String>,
@@ -242,6 +258,7 @@ pub struct UserList {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"tenant": "acme", "permissions": ["orders:read"]}))]
 pub struct PutGroup {
     pub tenant: Option<String>,
     pub permissions: Vec<String>,
@@ -276,6 +293,8 @@ pub struct GroupList {
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
+    /// 1 to 1000; default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     pub cursor: Option<String>,
 }

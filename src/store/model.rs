@@ -45,7 +45,7 @@ pub struct KeyRecord {
 pub struct RateLimit {
     pub requests: u32,
     /// A duration such as `1s` or `1m`.
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = r"^[0-9]+(ms|s|m|h|d)$")]
     pub per: HumanDuration,
 }
 

@@ -373,18 +373,30 @@ impl Answer {
 
 /// Sends a request with a 30 s bound and collects the whole answer.
 pub async fn send(client: &HttpClient, req: Request<Full<Bytes>>) -> Answer {
+    try_send(client, req)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Like [`send`], for tests where no answer is a possible outcome (a server being killed):
+/// `Err` says why there was none.
+pub async fn try_send(client: &HttpClient, req: Request<Full<Bytes>>) -> Result<Answer, String> {
     let response = tokio::time::timeout(Duration::from_secs(30), client.request(req))
         .await
-        .expect("request timed out")
-        .expect("request failed");
+        .map_err(|_| "request timed out".to_owned())?
+        .map_err(|e| format!("request failed: {e}"))?;
     let (parts, body) = response.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    Answer {
+    let body = body
+        .collect()
+        .await
+        .map_err(|e| format!("body failed: {e}"))?
+        .to_bytes();
+    Ok(Answer {
         status: parts.status,
         version: parts.version,
         headers: parts.headers,
         body,
-    }
+    })
 }
 
 pub async fn get(client: &HttpClient, url: &str) -> Answer {

@@ -1,5 +1,5 @@
-//! A real, throwaway `redis-server` for tests: non-persistent, loopback or unix socket only,
-//! no fixed ports. The raw [`RedisServer::cli`] speaks RESP by hand so tests can poke the
+//! A real, throwaway `redis-server` for tests: non-persistent unless asked (see
+//! [`RedisServer::start_with`]), loopback or unix socket only, no fixed ports. The raw [`RedisServer::cli`] speaks RESP by hand so tests can poke the
 //! server (e.g. `CLIENT KILL TYPE pubsub`) without depending on the client under test.
 
 use std::fs::File;
@@ -27,6 +27,8 @@ pub struct RedisServer {
     child: Option<Child>,
     dir: tempfile::TempDir,
     endpoint: Endpoint,
+    /// Extra `--option value` arguments, after the defaults so they override them.
+    extra: Vec<String>,
     /// What `RedisStore::connect` takes: `redis+unix://…` or `redis://127.0.0.1:N/0`.
     pub url: String,
 }
@@ -34,10 +36,18 @@ pub struct RedisServer {
 impl RedisServer {
     /// A server on a unix socket in a fresh temporary directory (no TCP listener).
     pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// Like [`start`](Self::start), with extra server arguments that override the defaults,
+    /// e.g. `&["--appendonly", "yes", "--appendfsync", "always"]` for a server whose data
+    /// survives [`stop`](Self::stop) (SIGKILL) and [`restart`](Self::restart): its directory
+    /// is kept across restarts.
+    pub fn start_with(args: &[&str]) -> RedisServer {
         let dir = tempfile::tempdir().expect("temporary directory for redis");
         let socket = dir.path().join("redis.sock");
         let url = format!("redis+unix://{}", socket.display());
-        Self::launch(dir, Endpoint::Unix(socket), url)
+        Self::launch(dir, Endpoint::Unix(socket), url, args)
     }
 
     /// A server on 127.0.0.1 at a port the OS picked as free.
@@ -49,14 +59,20 @@ impl RedisServer {
             .and_then(|l| l.local_addr())
             .expect("pick a free port");
         let url = format!("redis://{addr}/0");
-        Self::launch(dir, Endpoint::Tcp(addr), url)
+        Self::launch(dir, Endpoint::Tcp(addr), url, &[])
     }
 
-    fn launch(dir: tempfile::TempDir, endpoint: Endpoint, url: String) -> RedisServer {
+    fn launch(
+        dir: tempfile::TempDir,
+        endpoint: Endpoint,
+        url: String,
+        extra: &[&str],
+    ) -> RedisServer {
         let mut server = RedisServer {
             child: None,
             dir,
             endpoint,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
             url,
         };
         server.spawn();
@@ -78,7 +94,7 @@ impl RedisServer {
                 cmd.args(["--port", &addr.port().to_string(), "--bind", "127.0.0.1"]);
             }
         }
-        // Nothing persisted: data lives exactly as long as the process.
+        // Nothing persisted unless `extra` asks: data lives exactly as long as the process.
         for (option, value) in [
             ("--save", ""),
             ("--appendonly", "no"),
@@ -87,6 +103,7 @@ impl RedisServer {
             cmd.arg(option).arg(value);
         }
         cmd.arg("--dir").arg(self.dir.path());
+        cmd.args(&self.extra);
         // Appending keeps the log of earlier runs for diagnosing a failed restart.
         let log = File::options()
             .create(true)
@@ -147,8 +164,9 @@ impl RedisServer {
         }
     }
 
-    /// Stops the server if running, then starts it again on the same socket or port and
-    /// directory. It comes back empty.
+    /// Stops the server if running, then starts it again on the same socket or port,
+    /// directory and arguments. It comes back empty, unless [`start_with`](Self::start_with)
+    /// turned persistence on: then with what it had written to disk.
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
