@@ -95,6 +95,7 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
 
+    let draining = CancellationToken::new();
     let stop_proxy = CancellationToken::new();
     let stop_status = CancellationToken::new();
     let grace = config.shutdown.grace;
@@ -104,6 +105,7 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
         proxy_listener,
         proxy_options,
         move |req, conn| serving.clone().handle(req, conn),
+        draining.clone(),
         stop_proxy.clone(),
         grace,
     ));
@@ -112,6 +114,7 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
         admin_listener,
         ConnOptions::internal(),
         admin::handler(admin_router),
+        draining.clone(),
         stop_proxy.clone(),
         grace,
     ));
@@ -124,6 +127,7 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
         status_listener,
         ConnOptions::internal(),
         move |req, _conn| status.clone().handle(req),
+        draining.clone(),
         stop_status.clone(),
         STATUS_GRACE,
     ));
@@ -162,6 +166,7 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
     }
     let deadline = Instant::now() + config.shutdown.delay + grace;
     health.start_draining();
+    draining.cancel();
     tracing::info!(delay = ?config.shutdown.delay, ?grace, "shutting down: readiness off, draining");
     tokio::time::sleep(config.shutdown.delay).await;
 

@@ -75,6 +75,8 @@ pub async fn run(listen: SocketAddr) -> std::io::Result<()> {
         listener,
         ConnOptions::internal(),
         handle,
+        // Nothing to hand over to: the echo server is for trying keygate out.
+        CancellationToken::new(),
         stop.clone(),
         Duration::from_secs(5),
     ));

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
+use futures_util::FutureExt;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -70,13 +72,22 @@ pub async fn bind(name: &str, addr: SocketAddr) -> std::io::Result<TcpListener> 
     Ok(listener)
 }
 
+/// How long connections accepted at the last moment get to send their first request
+/// before the drain closes connections that have none in flight.
+const LAST_ACCEPTS_SETTLE: Duration = Duration::from_millis(200);
+
 /// Serves connections until `stop` fires, then stops accepting and lets open connections
 /// finish their in-flight requests for up to `grace`.
+///
+/// Once `draining` fires (before `stop`), HTTP/1 responses carry `Connection: close`, so
+/// busy clients leave their connections at a response boundary while the listener is
+/// still open, instead of racing the close of an idle keep-alive connection later.
 pub async fn serve<H, F, B>(
     name: &'static str,
     listener: TcpListener,
     options: ConnOptions,
     handler: H,
+    draining: CancellationToken,
     stop: CancellationToken,
     grace: Duration,
 ) where
@@ -88,19 +99,8 @@ pub async fn serve<H, F, B>(
 {
     let builder = Arc::new(options.builder());
     let graceful = GracefulShutdown::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(listener = name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stop.cancelled() => break,
-        };
+    let handler = closing_when(draining, handler);
+    let serve_one = |stream: TcpStream, peer: SocketAddr| {
         let _ = stream.set_nodelay(true);
         let watcher = graceful.watcher();
         let builder = builder.clone();
@@ -127,8 +127,36 @@ pub async fn serve<H, F, B>(
                 tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
             }
         });
+    };
+    let mut last_accept = None;
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(listener = name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        serve_one(stream, peer);
+        last_accept = Some(tokio::time::Instant::now());
+    }
+    // Connections the kernel completed before the close are clients that already sent (or
+    // are sending) a request: serve them rather than reset them with the listener.
+    while let Some(Ok((stream, peer))) = listener.accept().now_or_never() {
+        serve_one(stream, peer);
+        last_accept = Some(tokio::time::Instant::now());
     }
     drop(listener);
+    // The drain closes connections with no request in flight, so recent ones first get the
+    // time to have their request read.
+    if let Some(at) = last_accept {
+        tokio::time::sleep_until(at + LAST_ACCEPTS_SETTLE.min(grace)).await;
+    }
     tracing::info!(listener = name, connections = graceful.count(), "draining");
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
@@ -141,6 +169,37 @@ pub async fn serve<H, F, B>(
         );
     }
 }
+
+/// Wraps `handler` so that, once `draining` fires, HTTP/1 responses ask the client to close
+/// the connection (a protocol switch excepted: that connection is no longer HTTP).
+fn closing_when<H, F, B>(
+    draining: CancellationToken,
+    handler: H,
+) -> impl Fn(Request<Incoming>, ConnInfo) -> ClosingFuture<F> + Clone + Send + Sync + 'static
+where
+    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<B>, std::convert::Infallible>> + Send + 'static,
+{
+    move |req, info| {
+        let http1 = req.version() <= Version::HTTP_11;
+        let draining = draining.clone();
+        let response = handler(req, info);
+        Box::pin(async move {
+            let mut response = response.await?;
+            if http1
+                && draining.is_cancelled()
+                && response.status() != StatusCode::SWITCHING_PROTOCOLS
+            {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok(response)
+        })
+    }
+}
+
+type ClosingFuture<F> = std::pin::Pin<Box<dyn Future<Output = <F as Future>::Output> + Send>>;
 
 async fn tls_handshake(
     acceptor: &TlsAcceptor,
