@@ -1,7 +1,8 @@
 //! keygate on a real Redis Cluster (started and stopped by the harness on 127.0.0.1):
 //! revocations reach every instance, the event subscription follows a failover to another
-//! node, and with no replica to fail over to, the data plane degrades the documented way
-//! (cached keys served stale, uncached ones 503 `auth_unavailable`).
+//! node, a revocation missed between subscriptions is caught by revalidation, and with no
+//! replica to fail over to, the data plane degrades the documented way (cached keys served
+//! stale, uncached ones 503 `auth_unavailable`).
 //!
 //! The store conformance suite also runs on a cluster (`store_conformance::redis_cluster`).
 
@@ -14,6 +15,9 @@ use common::redis::RedisCluster;
 use common::*;
 use ha::*;
 use http::StatusCode;
+use keygate::config::{RedisNode, RedisTarget, RedisTopology};
+use keygate::store::redis::RedisStore;
+use keygate::store::Store;
 
 const PREFIX: &str = "ha:";
 /// keygate's channel, and its hash tag: the slot that holds all of keygate's data.
@@ -91,6 +95,56 @@ async fn revocations_cross_the_cluster_and_survive_a_failover_of_the_subscribed_
         metric(&b, events).await > before,
         "B got the revocation as an event"
     );
+}
+
+/// A revocation made while a gateway is between subscriptions reaches it anyway: losing the
+/// subscription marks its whole cache for revalidation. Here the key is deleted behind
+/// keygate's back (no event at all) while the subscriptions are cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_missed_between_subscriptions_is_caught_by_revalidation() {
+    let cluster = RedisCluster::start(3, 0);
+    let gw = gateway(&store_yaml(&cluster), "", &[]).await;
+    let (id, secret) = key_for(&gw, "ann").await;
+    assert_eq!(answer(&gw, &secret).await.0, StatusCode::OK);
+
+    let seeds = cluster
+        .nodes
+        .iter()
+        .map(|n| RedisNode {
+            host: "127.0.0.1".into(),
+            port: n.addr().port(),
+        })
+        .collect();
+    let target = RedisTarget {
+        topology: RedisTopology::Cluster { seeds },
+        ..RedisTarget::standalone(cluster.nodes[0].url.clone())
+    };
+    let store = RedisStore::open(&target, PREFIX).await.unwrap();
+    store
+        .delete_key(&id)
+        .await
+        .unwrap()
+        .expect("the key was there");
+    assert_eq!(
+        answer(&gw, &secret).await.0,
+        StatusCode::OK,
+        "no event: still cached (control)"
+    );
+
+    let home = cluster.master_of(CHANNEL, &[]);
+    let killed = cluster.nodes[home].cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert_eq!(
+        killed, "1",
+        "the gateway's subscription was on the slot's master"
+    );
+    until_status(
+        &gw,
+        &secret,
+        StatusCode::UNAUTHORIZED,
+        Duration::from_secs(2),
+    )
+    .await;
+    wait_for_subscriptions(&gw, 2).await;
 }
 
 /// keygate's data lives in one slot, so on one master. Without a replica, losing that
