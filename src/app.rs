@@ -49,15 +49,15 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
     let events = match config.store.backend {
         StoreBackend::Embedded => Events::in_process(verifier.clone()),
         StoreBackend::Redis => {
-            let url = config.store.redis_url.expose().to_owned();
+            let target = config.store.redis_target();
             let channel = events::channel_for(&config.store.redis_key_prefix);
             background.push(tokio::spawn(events::run_subscriber(
-                url.clone(),
+                target.clone(),
                 channel.clone(),
                 verifier.clone(),
                 stop_background.clone(),
             )));
-            Events::redis(verifier.clone(), &url, channel).map_err(|e| e.to_string())?
+            Events::redis(verifier.clone(), &target, channel).map_err(|e| e.to_string())?
         }
     };
     if config.admin.token.is_none() {

@@ -4,19 +4,22 @@
 //! With Redis, events travel on a pub/sub channel. A subscription that drops may have
 //! missed events, so the instance marks its whole cache for revalidation when it drops
 //! *and* again once the new subscription is confirmed: a revoked key can never outlive a
-//! missed event, yet cached keys still serve (as stale) if the store itself is down. With the
-//! embedded store there is one instance, and events are applied in-process.
+//! missed event, yet cached keys still serve (as stale) if the store itself is down. Behind
+//! Sentinel or in a cluster, a new subscription may be on another node (the new master, or
+//! another cluster node; see `store::redis::Subscriber`): the same two marks cover the
+//! switch. With the embedded store there is one instance, and events are applied in-process.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::key::KeyHash;
 use crate::auth::Verifier;
+use crate::config::RedisTarget;
+use crate::store::redis::{is_outage, RedisConn, Subscriber};
 use crate::store::StoreError;
 use crate::telemetry;
 
@@ -50,10 +53,7 @@ struct Event {
 
 enum Transport {
     InProcess,
-    Redis {
-        conn: ConnectionManager,
-        channel: String,
-    },
+    Redis { conn: RedisConn, channel: String },
 }
 
 pub struct Events {
@@ -70,18 +70,15 @@ impl Events {
         }
     }
 
-    /// Publishes on `channel` of the Redis at `url`. Pair with [`run_subscriber`].
-    pub fn redis(verifier: Arc<Verifier>, url: &str, channel: String) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::Other(e.to_string()))?;
-        // As the store's connection: answer an outage quickly, reconnect on the next use.
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(Duration::from_secs(1)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(200));
-        let conn = client
-            .get_connection_manager_lazy(config)
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    /// Publishes on `channel` of the Redis `target` names. Pair with [`run_subscriber`].
+    /// In a cluster, PUBLISH goes to the master of the channel's slot, which is keygate's.
+    pub fn redis(
+        verifier: Arc<Verifier>,
+        target: &RedisTarget,
+        channel: String,
+    ) -> Result<Self, StoreError> {
+        let conn =
+            RedisConn::open(target, &channel).map_err(|e| StoreError::Other(e.to_string()))?;
         Ok(Self {
             verifier,
             transport: Transport::Redis { conn, channel },
@@ -101,22 +98,16 @@ impl Events {
             Transport::Redis { conn, channel } => {
                 let payload =
                     serde_json::to_vec(&event).map_err(|e| StoreError::Other(e.to_string()))?;
-                let mut command = redis::cmd("PUBLISH");
-                command.arg(channel).arg(payload);
-                let publish = || {
-                    let command = command.clone();
-                    let mut conn = conn.clone();
-                    async move { command.query_async::<i64>(&mut conn).await }
-                };
-                // The first command on a connection that dropped since its last use fails
-                // and starts the reconnect; the write this event follows has already been
-                // made, so publish again rather than report a change as not made (and have
-                // a retried DELETE find nothing left to publish for). Applying an
-                // invalidation twice is harmless.
-                let result = match publish().await {
-                    Err(e) if e.is_connection_dropped() || e.is_io_error() => publish().await,
-                    other => other,
-                };
+                let mut publish = redis::cmd("PUBLISH");
+                publish.arg(channel).arg(payload);
+                let mut conn = conn.clone();
+                let mut result = publish.query_async::<i64>(&mut conn).await;
+                // The connection may have died since the last event (a restart, a failover):
+                // that first command fails and a new connection is made. An event is safe
+                // to deliver twice, so try once more before failing the admin call.
+                if result.as_ref().is_err_and(is_outage) {
+                    result = publish.query_async::<i64>(&mut conn).await;
+                }
                 result.map(|_| ()).map_err(|e| {
                     StoreError::Unavailable(format!("publishing an invalidation: {e}"))
                 })
@@ -144,16 +135,17 @@ pub fn channel_for(key_prefix: &str) -> String {
     format!("{{{key_prefix}}}events")
 }
 
-/// Listens on `channel` until `stop`, reconnecting with backoff. Caches are marked for
-/// revalidation when a subscription ends and again when a new one is confirmed.
+/// Listens on `channel` until `stop`, reconnecting with backoff (to another node when the
+/// one it was on is gone). Caches are marked for revalidation when a subscription ends and
+/// again when a new one is confirmed.
 pub async fn run_subscriber(
-    url: String,
+    target: RedisTarget,
     channel: String,
     verifier: Arc<Verifier>,
     stop: CancellationToken,
 ) {
-    let client = match redis::Client::open(url.as_str()) {
-        Ok(c) => c,
+    let mut subscriber = match Subscriber::new(&target) {
+        Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "event subscriber cannot start; caches rely on cache.ttl alone");
             return;
@@ -162,13 +154,11 @@ pub async fn run_subscriber(
     let mut backoff = Duration::from_millis(50);
     loop {
         let session = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
+            let (mut messages, node) = subscriber.subscribe(&channel).await?;
             // Subscribed: anything published from now on reaches us. What was published
             // before, while we were not listening, may be in the caches: recheck them all.
             verifier.revalidate_all();
-            tracing::info!(%channel, "subscribed to invalidation events; caches marked for revalidation");
-            let mut messages = pubsub.into_on_message();
+            tracing::info!(%channel, %node, "subscribed to invalidation events; caches marked for revalidation");
             while let Some(msg) = messages.next().await {
                 match serde_json::from_slice::<Event>(msg.get_payload_bytes()) {
                     Ok(event) => apply(&verifier, &event).await,

@@ -1,7 +1,9 @@
 //! One conformance suite for every `Store` backend. Each `check_*` is written once against
-//! `&dyn Store`; `conformance!` runs it on a fresh embedded (redb) store and on a fresh
-//! Redis store backed by its own real `redis-server`, so both backends are held to exactly
-//! the same semantics. Backend-specific behaviour (persistence, outages) follows at the end.
+//! `&dyn Store`; `conformance!` runs it on a fresh embedded (redb) store, on a fresh Redis
+//! store backed by its own real `redis-server`, on a Redis Cluster of three masters, and on
+//! a master found through Redis Sentinel, so every backend and every way of reaching Redis
+//! is held to exactly the same semantics. Backend-specific behaviour
+//! (persistence, outages) follows at the end.
 
 mod common;
 
@@ -12,6 +14,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use keygate::auth::key::{generate, start_of, KeyHash};
+use keygate::config::{RedisNode, RedisTarget, RedisTopology};
 use keygate::store::embedded::EmbeddedStore;
 use keygate::store::redis::RedisStore;
 use keygate::store::{
@@ -19,7 +22,7 @@ use keygate::store::{
     StoreError, User, UserBundle,
 };
 
-use common::redis::RedisServer;
+use common::redis::{RedisCluster, RedisSentinels, RedisServer, SENTINEL_MASTER};
 
 const PREFIX: &str = "keygate:";
 
@@ -60,7 +63,61 @@ async fn connect(url: &str, prefix: &str) -> RedisStore {
         .expect("RedisStore::connect failed")
 }
 
-/// Two tests per check, `embedded::check_x` and `redis::check_x`, each on a fresh store.
+/// A cluster-mode store on `cluster` whose prefix is the check's name: each check's data
+/// sits in a slot of its own, so the checks together exercise every master.
+async fn cluster_store(cluster: &RedisCluster, check: &str) -> RedisStore {
+    let seeds = cluster
+        .nodes
+        .iter()
+        .map(|n| local_node(n.addr().port()))
+        .collect();
+    let target = RedisTarget {
+        topology: RedisTopology::Cluster { seeds },
+        ..RedisTarget::standalone(cluster.nodes[0].url.clone())
+    };
+    open_store(&target, check).await
+}
+
+fn local_node(port: u16) -> RedisNode {
+    RedisNode {
+        host: "127.0.0.1".into(),
+        port,
+    }
+}
+
+/// `RedisStore::open` under the prefix `<check>:`, bounded like [`connect`].
+async fn open_store(target: &RedisTarget, check: &str) -> RedisStore {
+    let prefix = format!("{check}:");
+    tokio::time::timeout(Duration::from_secs(10), RedisStore::open(target, &prefix))
+        .await
+        .expect("RedisStore::open hung")
+        .expect("RedisStore::open failed")
+}
+
+/// A sentinel-mode store on `group` whose prefix is the check's name.
+async fn sentinel_store(group: &RedisSentinels, check: &str) -> RedisStore {
+    let sentinels = group
+        .sentinels
+        .iter()
+        .map(|s| local_node(s.addr().port()))
+        .collect();
+    let target = RedisTarget {
+        topology: RedisTopology::Sentinel {
+            master: SENTINEL_MASTER.into(),
+            sentinels,
+            auth: true,
+        },
+        ..RedisTarget::standalone(format!("redis://:{SENTINEL_PASSWORD}@{SENTINEL_MASTER}/0"))
+    };
+    open_store(&target, check).await
+}
+
+const SENTINEL_PASSWORD: &str = "conformance-pass";
+
+/// Two tests per check, `embedded::check_x` and `redis::check_x`, each on a fresh store,
+/// and `redis_cluster::every_check` and `redis_sentinel::every_check` that run them all on
+/// one cluster and one sentinel group (starting those per check would cost more than the
+/// checks).
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
         mod embedded {
@@ -80,6 +137,33 @@ macro_rules! conformance {
                     super::$check(&*fixture.store).await;
                 }
             )*
+        }
+        mod redis_cluster {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn every_check() {
+                let cluster = super::RedisCluster::start(3, 0);
+                let mut masters = std::collections::HashSet::new();
+                $(
+                    let name = stringify!($check);
+                    masters.insert(cluster.master_of(&format!("{{{name}:}}"), &[]));
+                    let store = super::cluster_store(&cluster, name).await;
+                    eprintln!("cluster: {name}");
+                    super::$check(&store).await;
+                )*
+                assert_eq!(masters.len(), 3, "the checks' data should land on every master");
+            }
+        }
+        mod redis_sentinel {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn every_check() {
+                let group = super::RedisSentinels::start(super::SENTINEL_PASSWORD);
+                $(
+                    let name = stringify!($check);
+                    let store = super::sentinel_store(&group, name).await;
+                    eprintln!("sentinel: {name}");
+                    super::$check(&store).await;
+                )*
+            }
         }
     };
 }

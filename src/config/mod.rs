@@ -15,7 +15,7 @@ use http::header::HeaderName;
 use http::{Method, Uri};
 
 pub use duration::HumanDuration;
-pub use raw::{AuthMode, LogFormat, RawConfig, StoreBackend};
+pub use raw::{AuthMode, LogFormat, RawConfig, RedisMode, StoreBackend};
 
 /// Environment variable that overrides `store.redis.url` (it usually carries a password).
 pub const ENV_REDIS_URL: &str = "KEYGATE_REDIS_URL";
@@ -111,6 +111,69 @@ pub struct StoreConfig {
     pub embedded_path: PathBuf,
     pub redis_url: Secret,
     pub redis_key_prefix: String,
+    pub redis_topology: RedisTopology,
+}
+
+impl StoreConfig {
+    /// Everything a Redis connection needs: the topology (where) and the URL (how).
+    pub fn redis_target(&self) -> RedisTarget {
+        RedisTarget {
+            url: self.redis_url.clone(),
+            topology: self.redis_topology.clone(),
+        }
+    }
+}
+
+/// How keygate reaches Redis (`store.redis.mode` and the nodes that mode needs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTopology {
+    /// One server, at the URL.
+    Standalone,
+    /// A Redis Cluster. `seeds` are tried for the topology; empty means the URL's node.
+    Cluster { seeds: Vec<RedisNode> },
+    /// The master that `sentinels` know as `master`, followed through failovers. `auth`:
+    /// the sentinels take the URL's user and password too.
+    Sentinel {
+        master: String,
+        sentinels: Vec<RedisNode>,
+        auth: bool,
+    },
+}
+
+/// A `host:port` from the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisNode {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for RedisNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Where and how to connect to Redis: what the store and the event transport are built from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisTarget {
+    /// In every mode the scheme, user, password and database; the address too when
+    /// standalone (or the cluster seed when no seeds are listed).
+    pub url: Secret,
+    pub topology: RedisTopology,
+}
+
+impl RedisTarget {
+    /// A single server at `url`.
+    pub fn standalone(url: impl Into<String>) -> Self {
+        Self {
+            url: Secret::new(url),
+            topology: RedisTopology::Standalone,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -348,23 +411,13 @@ pub fn validate(
         listen: socket_addr("status.listen", &raw.status.listen)?,
     };
 
+    let (redis_url, redis_topology) = validate_redis(&raw.store.redis)?;
     let store = StoreConfig {
         backend: raw.store.backend,
         embedded_path: non_empty_path("store.embedded.path", &raw.store.embedded.path)?,
-        redis_url: {
-            let url = raw.store.redis.url.trim();
-            let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
-                .iter()
-                .any(|s| url.starts_with(s));
-            if !scheme_ok {
-                return Err(invalid(
-                    "store.redis.url",
-                    "must start with redis://, rediss://, redis+unix:// or unix://",
-                ));
-            }
-            Secret::new(url)
-        },
+        redis_url,
         redis_key_prefix: raw.store.redis.key_prefix.clone(),
+        redis_topology,
     };
 
     let cache = CacheConfig {
@@ -467,6 +520,128 @@ pub fn validate(
         routes,
         raw,
     })
+}
+
+fn validate_redis(raw: &raw::RawRedis) -> Result<(Secret, RedisTopology), ConfigError> {
+    let url = raw.url.trim();
+    let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|s| url.starts_with(s));
+    if !scheme_ok {
+        return Err(invalid(
+            "store.redis.url",
+            "must start with redis://, rediss://, redis+unix:// or unix://",
+        ));
+    }
+    let unused = |block: &str| {
+        invalid(
+            format!("store.redis.{block}"),
+            format!("is only read with `mode: {block}`; set the mode or remove the block"),
+        )
+    };
+    let topology = match raw.mode {
+        RedisMode::Standalone => {
+            if raw.cluster.is_some() {
+                return Err(unused("cluster"));
+            }
+            if raw.sentinel.is_some() {
+                return Err(unused("sentinel"));
+            }
+            RedisTopology::Standalone
+        }
+        RedisMode::Cluster => {
+            if raw.sentinel.is_some() {
+                return Err(unused("sentinel"));
+            }
+            let db = tcp_url_db(url, "a cluster")?;
+            if db != 0 {
+                return Err(invalid(
+                    "store.redis.url",
+                    "selects a database, but a Redis Cluster has only database 0",
+                ));
+            }
+            let nodes = raw.cluster.as_ref().map_or(&[][..], |c| &c.nodes[..]);
+            RedisTopology::Cluster {
+                seeds: redis_nodes("store.redis.cluster.nodes", nodes)?,
+            }
+        }
+        RedisMode::Sentinel => {
+            if raw.cluster.is_some() {
+                return Err(unused("cluster"));
+            }
+            tcp_url_db(url, "sentinel mode")?;
+            let Some(sentinel) = &raw.sentinel else {
+                return Err(invalid(
+                    "store.redis.sentinel",
+                    "is required with `mode: sentinel`: { master: <name>, nodes: [host:port, ...] }",
+                ));
+            };
+            let master = sentinel.master.trim();
+            if master.is_empty() {
+                return Err(invalid(
+                    "store.redis.sentinel.master",
+                    "must name the master the sentinels monitor",
+                ));
+            }
+            if sentinel.nodes.is_empty() {
+                return Err(invalid(
+                    "store.redis.sentinel.nodes",
+                    "must list at least one sentinel (host:port); three or more for failover",
+                ));
+            }
+            RedisTopology::Sentinel {
+                master: master.to_owned(),
+                sentinels: redis_nodes("store.redis.sentinel.nodes", &sentinel.nodes)?,
+                auth: sentinel.auth,
+            }
+        }
+    };
+    Ok((Secret::new(url), topology))
+}
+
+/// Checks that `url` names a TCP server (cluster and sentinel nodes are found over TCP) and
+/// returns its database number.
+fn tcp_url_db(url: &str, mode: &str) -> Result<i64, ConfigError> {
+    use redis::IntoConnectionInfo;
+    let info = url
+        .into_connection_info()
+        .map_err(|e| invalid("store.redis.url", format!("is not a usable Redis URL: {e}")))?;
+    if matches!(info.addr(), redis::ConnectionAddr::Unix(_)) {
+        return Err(invalid(
+            "store.redis.url",
+            format!("must be redis:// or rediss:// in {mode}: its nodes are reached over TCP"),
+        ));
+    }
+    Ok(info.redis_settings().db())
+}
+
+/// Parses `host:port` entries (`[v6]:port` for IPv6 literals).
+fn redis_nodes(path: &str, nodes: &[String]) -> Result<Vec<RedisNode>, ConfigError> {
+    nodes
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let bad = || {
+                invalid(
+                    format!("{path}[{i}]"),
+                    format!("`{text}` is not host:port such as `10.0.0.5:6379`"),
+                )
+            };
+            let (host, port) = text.trim().rsplit_once(':').ok_or_else(bad)?;
+            let host = host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(host);
+            let port: u16 = port.parse().map_err(|_| bad())?;
+            if host.is_empty() || port == 0 || host.contains(['/', '@', '[', ']']) {
+                return Err(bad());
+            }
+            Ok(RedisNode {
+                host: host.to_owned(),
+                port,
+            })
+        })
+        .collect()
 }
 
 fn validate_keys(raw: &raw::RawKeys, identity: &IdentityConfig) -> Result<KeysConfig, ConfigError> {
@@ -739,6 +914,137 @@ mod tests {
         assert!(!shown.contains("sekret-token"), "{shown}");
         assert!(shown.contains("redis://:****@redis:6379/1"), "{shown}");
         assert!(!format!("{c:?}").contains("sekret-token"));
+    }
+
+    #[test]
+    fn redis_mode_defaults_to_standalone() {
+        let c = Config::from_yaml(MINIMAL, &no_env).unwrap();
+        assert_eq!(c.store.redis_topology, RedisTopology::Standalone);
+        assert!(
+            !c.redacted_yaml().contains("sentinel"),
+            "{}",
+            c.redacted_yaml()
+        );
+    }
+
+    #[test]
+    fn cluster_mode_takes_seed_nodes() {
+        let yaml = format!(
+            "store:\n  backend: redis\n  redis:\n    mode: cluster\n    url: redis://:pw@10.0.0.1:6379\n    cluster: {{ nodes: ['10.0.0.1:6379', 'redis-b:7000', '[::1]:7001'] }}\n{MINIMAL}"
+        );
+        let c = Config::from_yaml(&yaml, &no_env).unwrap();
+        let node = |host: &str, port| RedisNode {
+            host: host.into(),
+            port,
+        };
+        assert_eq!(
+            c.store.redis_topology,
+            RedisTopology::Cluster {
+                seeds: vec![
+                    node("10.0.0.1", 6379),
+                    node("redis-b", 7000),
+                    node("::1", 7001)
+                ]
+            }
+        );
+        assert_eq!(node("::1", 7001).to_string(), "[::1]:7001");
+        let again = Config::from_yaml(&c.redacted_yaml(), &no_env).unwrap();
+        assert_eq!(again.store.redis_topology, c.store.redis_topology);
+        // No nodes: the URL's node is the seed.
+        let c = Config::from_yaml(
+            &format!("store: {{ redis: {{ mode: cluster }} }}\n{MINIMAL}"),
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(
+            c.store.redis_topology,
+            RedisTopology::Cluster { seeds: vec![] }
+        );
+    }
+
+    #[test]
+    fn sentinel_mode_takes_master_and_sentinels_and_the_url_keeps_credentials() {
+        let yaml = format!(
+            "store:\n  redis:\n    mode: sentinel\n    url: redis://mymaster/2\n    sentinel: {{ master: mymaster, nodes: ['s1:26379', 's2:26379'], auth: true }}\n{MINIMAL}"
+        );
+        let env = |name: &str| {
+            (name == "KEYGATE_REDIS_URL").then(|| "redis://:hunter2@mymaster/2".to_owned())
+        };
+        let c = Config::from_yaml(&yaml, &env).unwrap();
+        assert_eq!(
+            c.store.redis_topology,
+            RedisTopology::Sentinel {
+                master: "mymaster".into(),
+                sentinels: vec![
+                    RedisNode {
+                        host: "s1".into(),
+                        port: 26379
+                    },
+                    RedisNode {
+                        host: "s2".into(),
+                        port: 26379
+                    }
+                ],
+                auth: true,
+            }
+        );
+        assert_eq!(c.store.redis_url.expose(), "redis://:hunter2@mymaster/2");
+        assert_eq!(c.store.redis_target().url, c.store.redis_url);
+        assert!(!c.redacted_yaml().contains("hunter2"));
+    }
+
+    #[test]
+    fn redis_topology_errors_name_their_path() {
+        let with = |redis: &str| format!("store:\n  redis:\n{redis}{MINIMAL}");
+        let cases = [
+            ("    mode: ring\n", "store.redis.mode"),
+            ("    cluster: { nodes: [a:1] }\n", "store.redis.cluster"),
+            (
+                "    mode: cluster\n    sentinel: { master: m }\n",
+                "store.redis.sentinel",
+            ),
+            (
+                "    mode: cluster\n    cluster: { nodes: [a:1, 'b'] }\n",
+                "store.redis.cluster.nodes[1]",
+            ),
+            (
+                "    mode: cluster\n    cluster: { nodes: ['a:0'] }\n",
+                "store.redis.cluster.nodes[0]",
+            ),
+            (
+                "    mode: cluster\n    cluster: { seeds: [] }\n",
+                "store.redis.cluster.seeds",
+            ),
+            (
+                "    mode: cluster\n    url: redis://h:6379/3\n",
+                "store.redis.url",
+            ),
+            (
+                "    mode: cluster\n    url: redis+unix:///tmp/r.sock\n",
+                "store.redis.url",
+            ),
+            ("    mode: sentinel\n", "store.redis.sentinel"),
+            (
+                "    mode: sentinel\n    sentinel: { nodes: [s:1] }\n",
+                "store.redis.sentinel.master",
+            ),
+            (
+                "    mode: sentinel\n    sentinel: { master: m }\n",
+                "store.redis.sentinel.nodes",
+            ),
+            (
+                "    mode: sentinel\n    sentinel: { master: m, nodes: ['s:x'] }\n",
+                "store.redis.sentinel.nodes[0]",
+            ),
+            (
+                "    mode: sentinel\n    sentinel: { master: m, nodes: [s:1], quorum: 2 }\n",
+                "store.redis.sentinel.quorum",
+            ),
+        ];
+        for (redis, want) in cases {
+            let (path, message) = error_of(&with(redis));
+            assert_eq!(path, want, "{redis}: {message}");
+        }
     }
 
     #[test]

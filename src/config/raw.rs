@@ -162,20 +162,61 @@ impl Default for RawEmbedded {
     }
 }
 
+/// How keygate finds its Redis (`store.redis.mode`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One server at `url`.
+    #[default]
+    Standalone,
+    /// A Redis Cluster, discovered from seed nodes.
+    Cluster,
+    /// A master (and its failovers) found through Redis Sentinel.
+    Sentinel,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawRedis {
+    pub mode: RedisMode,
+    /// Standalone: the server. Cluster: the seed when `cluster.nodes` is empty. In every
+    /// mode: the scheme, user, password and database used for the data nodes.
     pub url: String,
     pub key_prefix: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<RawRedisCluster>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<RawRedisSentinel>,
 }
 
 impl Default for RawRedis {
     fn default() -> Self {
         Self {
+            mode: RedisMode::Standalone,
             url: DEFAULT_REDIS_URL.into(),
             key_prefix: DEFAULT_REDIS_KEY_PREFIX.into(),
+            cluster: None,
+            sentinel: None,
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRedisCluster {
+    /// Seed nodes, `host:port`; any reachable one reveals the rest of the cluster.
+    pub nodes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRedisSentinel {
+    /// The name the sentinels monitor the master under (`sentinel monitor <name> ...`).
+    pub master: String,
+    /// The sentinels, `host:port`.
+    pub nodes: Vec<String>,
+    /// Whether the sentinels themselves require the url's user and password.
+    pub auth: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

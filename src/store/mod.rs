@@ -141,7 +141,7 @@ pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
     let inner: Arc<dyn Store> = match config.backend {
         StoreBackend::Embedded => Arc::new(embedded::EmbeddedStore::open(&config.embedded_path)?),
         StoreBackend::Redis => Arc::new(
-            redis::RedisStore::connect(config.redis_url.expose(), &config.redis_key_prefix).await?,
+            redis::RedisStore::open(&config.redis_target(), &config.redis_key_prefix).await?,
         ),
     };
     Ok(Arc::new(metered::Metered::new(inner)))

@@ -3,7 +3,9 @@
 //! Layout: every key name starts with the configured prefix in braces (`{keygate:}key:<hash>`),
 //! a Redis Cluster hash tag, so all of keygate's data shares one slot. That keeps each
 //! multi-key operation one atomic Lua script (one round trip for a cache miss) on a single
-//! server today and on a cluster later, with no data migration.
+//! server, behind Sentinel, and on a cluster alike (see [`conn`] and docs/redis.md). Every
+//! script declares at least one key so a cluster routes it to the node of that slot; the
+//! other names a script builds carry the same tag, so they are on that node too.
 //!
 //! | key                       | type | holds                                  |
 //! |---------------------------|------|----------------------------------------|
@@ -16,22 +18,24 @@
 //! | `{p}last-used`            | hash | key id → unix ms of last use (batched) |
 //! | `{p}audit`                | stream | audit entries, capped                |
 
-use std::time::Duration;
+mod conn;
+mod pubsub;
+mod sentinel;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
+
+pub use conn::{is_outage, RedisConn};
+pub use pubsub::{Messages, Subscriber};
+pub use sentinel::SentinelConn;
 
 use super::{
     decode, encode, AuditEntry, AuditPage, DeletedUser, Group, KeyBundle, KeyPage, KeyQuery,
     KeyRecord, Store, StoreError, User, UserBundle, AUDIT_MAX_ENTRIES,
 };
 use crate::auth::key::KeyHash;
+use crate::config::RedisTarget;
 
-/// A lookup that takes longer than this is treated as an outage: the data plane would
-/// rather answer 503 quickly than hold requests.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const DEFAULT_PAGE: usize = 100;
 
 /// Returns `[key, user?, group…]` JSON for a key hash, or nil.
@@ -50,9 +54,9 @@ end
 return out
 "#;
 
-/// Returns `[user, group…]` JSON for a user id, or nil.
+/// KEYS: user. ARGV: tag. Returns `[user, group…]` JSON, or nil.
 const LOAD_USER_LUA: &str = r#"
-local u = redis.call('GET', ARGV[1] .. 'user:' .. ARGV[2])
+local u = redis.call('GET', KEYS[1])
 if not u then return nil end
 local out = {u}
 for _, g in ipairs(cjson.decode(u).groups or {}) do
@@ -74,10 +78,10 @@ redis.call('ZADD', KEYS[5], 0, ARGV[3])
 return 'ok'
 "#;
 
-/// ARGV: tag, id, hash hex, json, owner, tenant.
+/// KEYS: keyid. ARGV: tag, id, hash hex, json, owner, tenant.
 const UPDATE_KEY_LUA: &str = r#"
 local p, id = ARGV[1], ARGV[2]
-local hex = redis.call('GET', p .. 'keyid:' .. id)
+local hex = redis.call('GET', KEYS[1])
 if not hex then return 'missing' end
 if hex ~= ARGV[3] then return 'hash' end
 local old = redis.call('GET', p .. 'key:' .. hex)
@@ -115,33 +119,33 @@ local function delete_key(p, id)
 end
 "#;
 
-/// ARGV: tag, id.
+/// KEYS: keyid (for routing). ARGV: tag, id.
 const DELETE_KEY_LUA: &str = r#"
 local k = delete_key(ARGV[1], ARGV[2])
 if not k then return nil end
 return k
 "#;
 
-/// ARGV: tag, user id. Returns `[user, key…]` JSON, or nil.
+/// KEYS: user. ARGV: tag, user id. Returns `[user, key…]` JSON, or nil.
 const DELETE_USER_LUA: &str = r#"
 local p, uid = ARGV[1], ARGV[2]
-local u = redis.call('GET', p .. 'user:' .. uid)
+local u = redis.call('GET', KEYS[1])
 if not u then return nil end
 local out = {u}
 for _, id in ipairs(redis.call('ZRANGE', p .. 'owner-keys:' .. uid, 0, -1)) do
   local k = delete_key(p, id)
   if k then table.insert(out, k) end
 end
-redis.call('DEL', p .. 'owner-keys:' .. uid, p .. 'user:' .. uid)
+redis.call('DEL', p .. 'owner-keys:' .. uid, KEYS[1])
 redis.call('ZREM', p .. 'users', uid)
 return out
 "#;
 
-/// ARGV: tag, group id. Returns the group JSON, or nil.
+/// KEYS: group. ARGV: tag, group id. Returns the group JSON, or nil.
 const DELETE_GROUP_LUA: &str = r#"
-local g = redis.call('GET', ARGV[1] .. 'group:' .. ARGV[2])
+local g = redis.call('GET', KEYS[1])
 if not g then return nil end
-redis.call('DEL', ARGV[1] .. 'group:' .. ARGV[2])
+redis.call('DEL', KEYS[1])
 redis.call('ZREM', ARGV[1] .. 'groups', ARGV[2])
 return g
 "#;
@@ -187,30 +191,27 @@ impl Scripts {
 }
 
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     /// `{<key_prefix>}`: the hash tag every key name starts with.
     tag: String,
     scripts: Scripts,
 }
 
 impl RedisStore {
-    /// Connects lazily: keygate starts (and serves cached keys) even while Redis is down;
-    /// the connection manager reconnects by itself with backoff.
+    /// A single server at `url` (the standalone mode; used by tools and tests).
     pub async fn connect(url: &str, key_prefix: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Other(format!("store.redis.url is not usable: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            // Give up a reconnect round quickly; the next command starts another one.
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(200));
-        let conn = client
-            .get_connection_manager_lazy(config)
-            .map_err(map_err)?;
+        Self::open(&RedisTarget::standalone(url), key_prefix).await
+    }
+
+    /// Connects lazily: keygate starts (and serves cached keys) even while Redis is down;
+    /// the connection reconnects by itself (see [`RedisConn`]).
+    pub async fn open(target: &RedisTarget, key_prefix: &str) -> Result<Self, StoreError> {
+        let tag = format!("{{{key_prefix}}}");
+        let conn = RedisConn::open(target, &tag)
+            .map_err(|e| StoreError::Other(format!("store.redis is not usable: {e}")))?;
         Ok(Self {
             conn,
-            tag: format!("{{{key_prefix}}}"),
+            tag,
             scripts: Scripts::new(),
         })
     }
@@ -219,7 +220,7 @@ impl RedisStore {
         format!("{}{kind}:{id}", self.tag)
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> RedisConn {
         self.conn.clone()
     }
 
@@ -323,17 +324,13 @@ impl RedisStore {
     }
 }
 
-/// Connection trouble is an outage (503 upstream of us); anything Redis itself said is not.
+/// Connection trouble (a node down, a failover under way) is an outage: 503 for uncached
+/// keys. Anything Redis itself said about the command is not.
 fn map_err(e: redis::RedisError) -> StoreError {
-    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+    if conn::is_outage(&e) {
         StoreError::Unavailable(e.to_string())
     } else {
-        match e.kind() {
-            redis::ErrorKind::Io
-            | redis::ErrorKind::Client
-            | redis::ErrorKind::AuthenticationFailed => StoreError::Unavailable(e.to_string()),
-            _ => StoreError::Other(e.to_string()),
-        }
+        StoreError::Other(e.to_string())
     }
 }
 
@@ -358,11 +355,7 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        redis::cmd("PING")
-            .query_async::<String>(&mut self.conn())
-            .await
-            .map(|_| ())
-            .map_err(map_err)
+        self.conn().ping().await.map_err(map_err)
     }
 
     async fn load_key(&self, hash: &KeyHash) -> Result<Option<KeyBundle>, StoreError> {
@@ -390,8 +383,8 @@ impl Store for RedisStore {
         let values: Option<Vec<Vec<u8>>> = self
             .scripts
             .load_user
+            .key(self.name("user", id))
             .arg(&self.tag)
-            .arg(id)
             .invoke_async(&mut self.conn())
             .await
             .map_err(map_err)?;
@@ -432,6 +425,7 @@ impl Store for RedisStore {
         let outcome: String = self
             .scripts
             .update_key
+            .key(self.name("keyid", &key.id))
             .arg(&self.tag)
             .arg(&key.id)
             .arg(key.hash.to_hex())
@@ -455,6 +449,7 @@ impl Store for RedisStore {
         let json: Option<Vec<u8>> = self
             .scripts
             .delete_key
+            .key(self.name("keyid", id))
             .arg(&self.tag)
             .arg(id)
             .invoke_async(&mut self.conn())
@@ -528,6 +523,7 @@ impl Store for RedisStore {
         let values: Option<Vec<Vec<u8>>> = self
             .scripts
             .delete_user
+            .key(self.name("user", id))
             .arg(&self.tag)
             .arg(id)
             .invoke_async(&mut self.conn())
@@ -566,6 +562,7 @@ impl Store for RedisStore {
         let json: Option<Vec<u8>> = self
             .scripts
             .delete_group
+            .key(self.name("group", id))
             .arg(&self.tag)
             .arg(id)
             .invoke_async(&mut self.conn())
