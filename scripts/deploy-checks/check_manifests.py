@@ -211,7 +211,7 @@ def check(source, docs_list):
                     parts = line.split(None, 1)
                     if parts and not parts[0].startswith("#") and len(parts) == 2:
                         settings[parts[0].lower()] = parts[1].strip()
-                for key, want in (("appendonly", "yes"), ("appendfsync", "everysec"),
+                for key, want in (("appendonly", "yes"), ("appendfsync", "always"),
                                   ("maxmemory-policy", "noeviction")):
                     if settings.get(key) != want:
                         problem(where, f"redis.conf: {key} should be {want}, is {settings.get(key)}")

@@ -130,6 +130,11 @@ pub fn is_outage(e: &RedisError) -> bool {
     if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
         return true;
     }
+    // `maxmemory` reached under `noeviction`: writes are refused until memory is freed, a
+    // condition to retry later (503), not a fault in the request.
+    if e.code() == Some("OOM") {
+        return true;
+    }
     matches!(
         e.kind(),
         ErrorKind::Io
