@@ -15,6 +15,10 @@ use keygate::auth::key_cache::KeyCache;
 use keygate::auth::verifier::{monotonic_ms, CachedKey, KeyEntry, Policy, Stamp};
 use keygate::store::KeyRecord;
 
+/// The allocator the `keygate` binary uses, so the figure is the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("Linux /proc");
     let pages: u64 = statm

@@ -255,7 +255,8 @@ pub struct Verifier {
 struct Caches {
     config: CacheConfig,
     keys: KeyCache,
-    users: Cache<String, Arc<UserEntry>>,
+    /// foldhash, seeded per process: moka's default SipHash was a visible share of a hit.
+    users: Cache<String, Arc<UserEntry>, foldhash::fast::RandomState>,
     policy: Policy,
 }
 
@@ -273,7 +274,7 @@ impl Caches {
                 .max_capacity(config.max_entries)
                 .expire_after(LifetimeExpiry(policy))
                 .support_invalidation_closures()
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             policy,
         }
     }
@@ -474,11 +475,12 @@ impl LoadingCache<KeyHash> for KeyCache {
     }
 }
 
-impl<K, Q, V> LoadingCache<Q> for Cache<K, V>
+impl<K, Q, V, S> LoadingCache<Q> for Cache<K, V, S>
 where
     K: std::hash::Hash + Eq + Send + Sync + 'static + std::borrow::Borrow<Q>,
     Q: std::hash::Hash + Eq + ToOwned<Owned = K> + Sync + ?Sized,
     V: Cached,
+    S: std::hash::BuildHasher + Clone + Send + Sync + 'static,
 {
     type Entry = V;
 

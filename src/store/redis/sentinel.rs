@@ -73,7 +73,7 @@ pub(crate) fn sentinel_client(
     }
     SentinelClient::build(
         sentinels.to_vec(),
-        master.to_owned(),
+        master,
         Some(data_nodes),
         SentinelServerType::Master,
     )
