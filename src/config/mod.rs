@@ -262,22 +262,45 @@ fn parse_raw(text: &str) -> Result<RawConfig, ConfigError> {
 /// returns the path that names the key itself and a message without serde's
 /// "unknown field" phrasing (the listed alternatives are kept). Shared with the admin API.
 pub(crate) fn locate_unknown_field(path: String, message: String) -> (String, String) {
-    let Some(key) = message
+    let Some((key, expected)) = message
         .strip_prefix("unknown field `")
-        .and_then(|rest| rest.split_once('`'))
-        .map(|(name, _)| name.to_owned())
+        .and_then(split_unknown_field)
     else {
         return (path, message);
     };
-    let path = if path == "." {
-        key.clone()
-    } else if path == key || path.ends_with(&format!(".{key}")) {
-        path
+    let segment = key_segment(key);
+    let path = if path == "." || path == key {
+        segment
+    } else if let Some(parent) = path.strip_suffix(key).and_then(|p| p.strip_suffix('.')) {
+        format!("{parent}.{segment}")
     } else {
-        format!("{path}.{key}")
+        format!("{path}.{segment}")
     };
-    let expected = message.split_once(", ").map_or("", |(_, rest)| rest);
     (path, format!("unknown key; {expected}"))
+}
+
+/// Splits serde's "`KEY`, expected …" (or "`KEY`, there are no fields") after its opening
+/// backtick into the key and the rest. The key may itself hold backticks, so its end is
+/// found by the words that follow it.
+fn split_unknown_field(rest: &str) -> Option<(&str, &str)> {
+    ["`, expected ", "`, there are no fields"]
+        .iter()
+        .find_map(|end| rest.find(end))
+        .map(|i| (&rest[..i], &rest[i + 2..]))
+}
+
+/// A key as a path segment: a plain word as it is; anything else (empty, spaces, dots,
+/// control characters) quoted, so the path is never empty and stays on one line.
+fn key_segment(key: &str) -> String {
+    let plain = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if plain {
+        key.to_owned()
+    } else {
+        format!("{key:?}")
+    }
 }
 
 fn redact_url_password(url: &str) -> String {
@@ -694,6 +717,27 @@ mod tests {
         assert_eq!(path, "proxy.lisen");
         let (path, _) = error_of(&format!("bogus: 1\n{MINIMAL}"));
         assert_eq!(path, "bogus");
+    }
+
+    #[test]
+    fn unknown_keys_that_are_not_plain_words_are_quoted_in_the_path() {
+        // Found by the config fuzz target (docs/fuzzing.md, F1): an empty key, an empty path.
+        let (path, msg) = error_of(&format!("\"\": 1\n{MINIMAL}"));
+        assert_eq!(path, "\"\"");
+        assert!(
+            msg.starts_with("unknown key; expected one of `proxy`"),
+            "{msg}"
+        );
+        let (path, _) = error_of(&format!("{MINIMAL}    \"a b\": 1\n"));
+        assert_eq!(path, "routes[0].\"a b\"");
+        let (path, _) = error_of(&format!("proxy:\n  \"x\\ny\": 1\n{MINIMAL}"));
+        assert_eq!(path, "proxy.\"x\\ny\"");
+        // A backtick in the key is part of it, not the end of serde's quoting.
+        let (path, msg) = error_of(&format!("\"a`b\": 1\n{MINIMAL}"));
+        assert_eq!(path, "\"a`b\"");
+        assert!(msg.starts_with("unknown key; expected"), "{msg}");
+        let (path, _) = error_of(&format!("{MINIMAL}    x-y_z: 1\n"));
+        assert_eq!(path, "routes[0].x-y_z");
     }
 
     #[test]
