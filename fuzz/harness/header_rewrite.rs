@@ -483,10 +483,17 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .iter()
+        .filter(|v| !F3_PENDING || v.to_str().is_ok())
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .filter_map(|name| HeaderName::from_bytes(trim_ows(name)).ok())
         .collect()
 }
+
+/// Finding F3 (docs/fuzzing.md) is not fixed yet: a `Connection` value with a non-ASCII
+/// byte is ignored whole, so the headers it names are forwarded. Until the fix in
+/// src/proxy/rewrite.rs lands, only text values count; with it, set this to false and
+/// un-ignore the F3 test in tests/fuzz_corpus.rs.
+const F3_PENDING: bool = true;
 
 /// CONTRACT §5: the name, with `_` read as `-`, starts with the prefix, ignoring case.
 fn identity_prefixed(name: &HeaderName, prefix: &str) -> bool {
