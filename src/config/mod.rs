@@ -762,7 +762,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_that_are_not_plain_words_are_quoted_in_the_path() {
-        // Found by the config fuzz target (docs/fuzzing.md, F1): an empty key, an empty path.
+        // Found by the config fuzz checks (docs/fuzzing.md, F1): an empty key, an empty path.
         let (path, msg) = error_of(&format!("\"\": 1\n{MINIMAL}"));
         assert_eq!(path, "\"\"");
         assert!(
