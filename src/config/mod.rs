@@ -325,22 +325,45 @@ fn parse_raw(text: &str) -> Result<RawConfig, ConfigError> {
 /// returns the path that names the key itself and a message without serde's
 /// "unknown field" phrasing (the listed alternatives are kept). Shared with the admin API.
 pub(crate) fn locate_unknown_field(path: String, message: String) -> (String, String) {
-    let Some(key) = message
+    let Some((key, expected)) = message
         .strip_prefix("unknown field `")
-        .and_then(|rest| rest.split_once('`'))
-        .map(|(name, _)| name.to_owned())
+        .and_then(split_unknown_field)
     else {
         return (path, message);
     };
-    let path = if path == "." {
-        key.clone()
-    } else if path == key || path.ends_with(&format!(".{key}")) {
-        path
+    let segment = key_segment(key);
+    let path = if path == "." || path == key {
+        segment
+    } else if let Some(parent) = path.strip_suffix(key).and_then(|p| p.strip_suffix('.')) {
+        format!("{parent}.{segment}")
     } else {
-        format!("{path}.{key}")
+        format!("{path}.{segment}")
     };
-    let expected = message.split_once(", ").map_or("", |(_, rest)| rest);
     (path, format!("unknown key; {expected}"))
+}
+
+/// Splits serde's "`KEY`, expected …" (or "`KEY`, there are no fields") after its opening
+/// backtick into the key and the rest. The key may itself hold backticks, so its end is
+/// found by the words that follow it.
+fn split_unknown_field(rest: &str) -> Option<(&str, &str)> {
+    ["`, expected ", "`, there are no fields"]
+        .iter()
+        .find_map(|end| rest.find(end))
+        .map(|i| (&rest[..i], &rest[i + 3..]))
+}
+
+/// A key as a path segment: a plain word as it is; anything else (empty, spaces, dots,
+/// control characters) quoted, so the path is never empty and stays on one line.
+fn key_segment(key: &str) -> String {
+    let plain = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if plain {
+        key.to_owned()
+    } else {
+        format!("{key:?}")
+    }
 }
 
 fn redact_url_password(url: &str) -> String {
@@ -438,6 +461,15 @@ pub fn validate(
                 return Err(invalid(
                     "identity.header_prefix",
                     "must be a non-empty header-name prefix such as `X-Keygate-`",
+                ));
+            }
+            if let Some(name) = GATEWAY_HEADERS.iter().find(|h| is_identity_header(h, p)) {
+                return Err(invalid(
+                    "identity.header_prefix",
+                    format!(
+                        "`{p}` would take in `{name}`, which the gateway forwards or sets \
+                         itself; use a prefix of its own such as `X-Keygate-`"
+                    ),
                 ));
             }
             p.to_owned()
@@ -668,6 +700,16 @@ fn validate_keys(raw: &raw::RawKeys, identity: &IdentityConfig) -> Result<KeysCo
                 "use keys.authorization_bearer for the Authorization header",
             ));
         }
+        if GATEWAY_HEADERS.contains(&name.as_str()) {
+            return Err(invalid(
+                path,
+                format!(
+                    "`{name}` is read or set by the gateway itself, so a key in it would \
+                     reach the upstream or the logs; use a header of its own such as \
+                     `X-API-Key`"
+                ),
+            ));
+        }
         if is_identity_header(name.as_str(), &identity.header_prefix) {
             return Err(invalid(
                 path,
@@ -684,6 +726,28 @@ fn validate_keys(raw: &raw::RawKeys, identity: &IdentityConfig) -> Result<KeysCo
         allow_never_expires: raw.allow_never_expires,
     })
 }
+
+/// Headers the gateway reads or sets for its own purposes (routing, request ids, forwarding,
+/// connection handling, body framing), or forwards untouched (a foreign `Authorization`):
+/// none may carry a key, and the identity prefix may not take any of them in. A key in
+/// `X-Request-Id` would be echoed to the upstream, the client and the access log; in `Host`,
+/// forwarded as `X-Forwarded-Host`.
+const GATEWAY_HEADERS: [&str; 14] = [
+    "host",
+    "x-request-id",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "authorization",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
 
 /// Whether `name`, with `_` read as `-`, starts with `prefix`, ignoring case.
 /// Shared by config checks and the proxy's identity-header stripping.
@@ -869,6 +933,61 @@ mod tests {
         assert_eq!(path, "proxy.lisen");
         let (path, _) = error_of(&format!("bogus: 1\n{MINIMAL}"));
         assert_eq!(path, "bogus");
+    }
+
+    #[test]
+    fn unknown_keys_that_are_not_plain_words_are_quoted_in_the_path() {
+        // Found by the config fuzz checks (docs/fuzzing.md, F1): an empty key, an empty path.
+        let (path, msg) = error_of(&format!("\"\": 1\n{MINIMAL}"));
+        assert_eq!(path, "\"\"");
+        assert!(
+            msg.starts_with("unknown key; expected one of `proxy`"),
+            "{msg}"
+        );
+        let (path, _) = error_of(&format!("{MINIMAL}    \"a b\": 1\n"));
+        assert_eq!(path, "routes[0].\"a b\"");
+        let (path, _) = error_of(&format!("proxy:\n  \"x\\ny\": 1\n{MINIMAL}"));
+        assert_eq!(path, "proxy.\"x\\ny\"");
+        // A backtick in the key is part of it, not the end of serde's quoting.
+        let (path, msg) = error_of(&format!("\"a`b\": 1\n{MINIMAL}"));
+        assert_eq!(path, "\"a`b\"");
+        assert!(msg.starts_with("unknown key; expected"), "{msg}");
+        let (path, _) = error_of(&format!("{MINIMAL}    x-y_z: 1\n"));
+        assert_eq!(path, "routes[0].x-y_z");
+    }
+
+    #[test]
+    fn key_headers_and_identity_prefix_keep_clear_of_the_gateways_own_headers() {
+        // Found with the header_rewrite fuzz target's invariants (docs/fuzzing.md, F4): a key
+        // in X-Request-Id or Host reached the upstream; an identity prefix of `X-Request-`
+        // let a client-chosen X-Request-Id pass as an identity header.
+        for header in [
+            "X-Request-Id",
+            "Host",
+            "x-forwarded-for",
+            "Connection",
+            "Upgrade",
+        ] {
+            let (path, msg) = error_of(&format!(
+                "keys: {{ headers: [X-API-Key, {header}] }}\n{MINIMAL}"
+            ));
+            assert_eq!(path, "keys.headers[1]", "{header}");
+            assert!(msg.contains("gateway itself"), "{msg}");
+        }
+        let (path, msg) = error_of(&format!("keys: {{ headers: [Authorization] }}\n{MINIMAL}"));
+        assert_eq!(path, "keys.headers[0]");
+        assert!(msg.contains("authorization_bearer"), "{msg}");
+        for prefix in ["X-Request-", "x_forwarded_", "X-", "H", "Co", "Te"] {
+            let (path, msg) = error_of(&format!(
+                "identity: {{ header_prefix: '{prefix}' }}\n{MINIMAL}"
+            ));
+            assert_eq!(path, "identity.header_prefix", "{prefix}");
+            assert!(msg.contains("forwards or sets"), "{msg}");
+        }
+        for prefix in ["X-Keygate-", "X-Auth-", "Caller-", "X-Requester-"] {
+            let yaml = format!("identity: {{ header_prefix: '{prefix}' }}\n{MINIMAL}");
+            assert!(Config::from_yaml(&yaml, &no_env).is_ok(), "{prefix}");
+        }
     }
 
     #[test]

@@ -1,0 +1,11 @@
+//! Fuzz target `config`: the invariants in harness/config.rs (docs/fuzzing.md).
+#![no_main]
+
+// Every target carries the whole harness and uses one check of it.
+#[allow(dead_code)]
+#[path = "../harness/mod.rs"]
+mod harness;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    harness::config::check(data);
+});
