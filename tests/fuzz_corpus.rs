@@ -127,7 +127,6 @@ fn header_rewrite_inputs_keep_their_invariants() {
 /// (`Authenticator::bearer_key`); then un-ignore this and clear `F2_PENDING` in
 /// fuzz/harness/api_key.rs.
 #[test]
-#[ignore = "F2: needs the bearer parsing fix in src/auth/mod.rs"]
 fn bearer_tokens_with_our_prefix_are_checked_and_removed_however_written() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let key = std::fs::read_to_string(root.join("fuzz/seeds/api_key/valid")).unwrap();
@@ -156,7 +155,6 @@ fn bearer_tokens_with_our_prefix_are_checked_and_removed_however_written() {
 /// src/proxy/rewrite.rs (`strip_hop_by_hop`); then un-ignore this and clear `F3_PENDING` in
 /// fuzz/harness/header_rewrite.rs.
 #[test]
-#[ignore = "F3: needs the Connection parsing fix in src/proxy/rewrite.rs"]
 fn headers_named_in_a_connection_value_with_non_ascii_bytes_are_removed() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let fuzzed =

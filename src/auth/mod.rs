@@ -181,7 +181,13 @@ impl Authenticator {
         }
         if self.bearer {
             for value in headers.get_all(AUTHORIZATION) {
-                if take(self.bearer_key(value)) {
+                let candidate = match self.bearer_key(value) {
+                    Bearer::Ours(key) => Some(key),
+                    // Ours, but not text: refused like a key header that is not text.
+                    Bearer::NotText => return Presented::Ambiguous,
+                    Bearer::Foreign => None,
+                };
+                if take(candidate) {
                     return Presented::Ambiguous;
                 }
             }
@@ -202,12 +208,12 @@ impl Authenticator {
             && headers
                 .get_all(AUTHORIZATION)
                 .iter()
-                .any(|v| self.bearer_key(v).is_some())
+                .any(|v| !matches!(self.bearer_key(v), Bearer::Foreign))
         {
             let others: Vec<HeaderValue> = headers
                 .get_all(AUTHORIZATION)
                 .iter()
-                .filter(|v| self.bearer_key(v).is_none())
+                .filter(|v| matches!(self.bearer_key(v), Bearer::Foreign))
                 .cloned()
                 .collect();
             headers.remove(AUTHORIZATION);
@@ -217,13 +223,39 @@ impl Authenticator {
         }
     }
 
-    fn bearer_key<'a>(&self, value: &'a HeaderValue) -> Option<&'a str> {
-        let text = value.to_str().ok()?.trim();
-        let (scheme, token) = text.split_once(' ')?;
-        let token = token.trim();
-        (scheme.eq_ignore_ascii_case("bearer") && key::has_prefix(token, &self.key_prefix))
-            .then_some(token)
+    /// Reads an `Authorization` value as bytes, so that a value that is not text (obs-text)
+    /// or a tab after the scheme cannot hide one of our keys from the checks and the removal
+    /// (both found by fuzzing: docs/fuzzing.md, F2).
+    fn bearer_key<'a>(&self, value: &'a HeaderValue) -> Bearer<'a> {
+        let bytes = value.as_bytes().trim_ascii();
+        let Some(split) = bytes.iter().position(|&b| b == b' ' || b == b'\t') else {
+            return Bearer::Foreign;
+        };
+        let (scheme, token) = (&bytes[..split], bytes[split..].trim_ascii());
+        let prefix = self.key_prefix.as_bytes();
+        let ours = scheme.eq_ignore_ascii_case(b"bearer")
+            && token.len() > prefix.len()
+            && token.starts_with(prefix)
+            && token[prefix.len()] == b'_';
+        match (ours, value.to_str()) {
+            (false, _) => Bearer::Foreign,
+            (true, Err(_)) => Bearer::NotText,
+            (true, Ok(_)) => match std::str::from_utf8(token) {
+                Ok(key) => Bearer::Ours(key),
+                Err(_) => Bearer::NotText,
+            },
+        }
     }
+}
+
+/// What an `Authorization` value holds, as far as keygate is concerned.
+enum Bearer<'a> {
+    /// `Bearer <one of our keys>`.
+    Ours(&'a str),
+    /// `Bearer` with our prefix, in a value that is not text.
+    NotText,
+    /// Anything else: the upstream's business.
+    Foreign,
 }
 
 #[cfg(test)]
