@@ -373,7 +373,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("key_hash", |b| b.iter(|| KeyHash::of(black_box(&secret))));
 
     // A decision on a warm cache: the first call loads key and owner from the store, every
-    // measured call after it is a hit in both moka caches. Measured once before the
+    // measured call after it is a hit in both caches (keys, users). Measured once before the
     // Prometheus recorder is installed (metrics macros are then no-ops), to show what the
     // two counters it bumps cost, and once after, as `keygate serve` runs it.
     let headers = headers_with_key(&secret);
