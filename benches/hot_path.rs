@@ -237,15 +237,7 @@ impl Gateway {
 
     /// The key's and its user's rate limits, as after a successful authorize.
     fn admit(&self, principal: &keygate::auth::Principal) {
-        let (key, user) = (&principal.key, &principal.user);
-        self.limits
-            .admit(
-                key.id(),
-                key.rate_limit(),
-                &user.id,
-                user.rate_limit.as_ref(),
-            )
-            .unwrap();
+        self.limits.admit_principal(principal).unwrap();
     }
 
     /// authenticate + authorize, as `Proxy::forward` starts.
@@ -295,21 +287,20 @@ impl Gateway {
             route.strip_prefix.then_some(route.path_prefix.as_str()),
         )
         .unwrap();
-        headers.reserve(keygate::proxy::ADDED_HEADERS);
-        rewrite::strip_hop_by_hop(&mut headers, upgrade);
-        self.auth.strip_credentials(&mut headers);
-        rewrite::strip_identity_headers(&mut headers, &self.identity.prefix);
-        self.identity.add(&mut headers, &caller);
-        rewrite::set_forwarding_headers(
-            &mut headers,
-            &ClientSide {
+        rewrite::RequestHeaders {
+            auth: &self.auth,
+            identity: &self.identity,
+            caller: &caller,
+            client: ClientSide {
                 ip: self.peer,
                 tls: true,
                 host: original_host.as_ref(),
             },
-        );
-        headers.insert(rewrite::X_REQUEST_ID, request_id);
-        headers.remove(HOST);
+            request_id: &request_id,
+            upgrade,
+            preserve_host: route.preserve_host,
+        }
+        .apply(&mut headers);
         (upstream, headers)
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
+use crate::auth::Principal;
 use crate::store::RateLimit;
 use crate::telemetry;
 
@@ -75,6 +76,17 @@ pub fn retry_after_secs(wait: Duration) -> u64 {
 }
 
 impl RateLimits {
+    /// [`admit`](Self::admit) for a caller whose key passed: its key's and owner's limits.
+    pub fn admit_principal(&self, principal: &Principal) -> Result<(), Duration> {
+        let (key, user) = (&principal.key, &principal.user);
+        self.admit(
+            key.id(),
+            key.rate_limit(),
+            &user.id,
+            user.rate_limit.as_ref(),
+        )
+    }
+
     /// Takes one request from the key's and the user's budgets. `Err` carries how long to
     /// wait; nothing is taken when either is exhausted.
     pub fn admit(

@@ -3,7 +3,9 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -175,31 +177,50 @@ pub async fn serve<H, F, B>(
 fn closing_when<H, F, B>(
     draining: CancellationToken,
     handler: H,
-) -> impl Fn(Request<Incoming>, ConnInfo) -> ClosingFuture<F> + Clone + Send + Sync + 'static
+) -> impl Fn(Request<Incoming>, ConnInfo) -> ClosingWhenDraining<F> + Clone + Send + Sync + 'static
 where
     H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<B>, std::convert::Infallible>> + Send + 'static,
 {
-    move |req, info| {
-        let http1 = req.version() <= Version::HTTP_11;
-        let draining = draining.clone();
-        let response = handler(req, info);
-        Box::pin(async move {
-            let mut response = response.await?;
-            if http1
-                && draining.is_cancelled()
-                && response.status() != StatusCode::SWITCHING_PROTOCOLS
-            {
-                response
-                    .headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            Ok(response)
-        })
+    move |req, info| ClosingWhenDraining {
+        http1: req.version() <= Version::HTTP_11,
+        draining: draining.clone(),
+        response: handler(req, info),
     }
 }
 
-type ClosingFuture<F> = std::pin::Pin<Box<dyn Future<Output = <F as Future>::Output> + Send>>;
+pin_project_lite::pin_project! {
+    /// The handler's response, with `Connection: close` added if draining has begun by the
+    /// time it is ready. A plain future rather than a boxed `async` block: it wraps every
+    /// proxied request.
+    struct ClosingWhenDraining<F> {
+        #[pin]
+        response: F,
+        http1: bool,
+        draining: CancellationToken,
+    }
+}
+
+impl<F, B> Future for ClosingWhenDraining<F>
+where
+    F: Future<Output = Result<Response<B>, std::convert::Infallible>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let Ok(mut response) = ready!(this.response.poll(cx));
+        if *this.http1
+            && this.draining.is_cancelled()
+            && response.status() != StatusCode::SWITCHING_PROTOCOLS
+        {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        Poll::Ready(Ok(response))
+    }
+}
 
 async fn tls_handshake(
     acceptor: &TlsAcceptor,

@@ -203,7 +203,7 @@ pub fn check(data: &[u8]) -> Outcome {
         },
     };
 
-    // Proxy::forward, step by step.
+    // Proxy::forward: its upgrade check, upstream URI and header rewrite.
     let upgrade = input.version == Version::HTTP_11
         && !route.upstream_http2
         && rewrite::wants_upgrade(client);
@@ -218,23 +218,20 @@ pub fn check(data: &[u8]) -> Outcome {
     check_upstream_uri(route, &target, &uri);
 
     let mut out = client.clone();
-    rewrite::strip_hop_by_hop(&mut out, upgrade);
-    auth.strip_credentials(&mut out);
-    rewrite::strip_identity_headers(&mut out, &identity.prefix);
-    identity.add(&mut out, caller);
-    rewrite::set_forwarding_headers(
-        &mut out,
-        &ClientSide {
+    rewrite::RequestHeaders {
+        auth: &auth,
+        identity: &identity,
+        caller,
+        client: ClientSide {
             ip: input.peer,
             tls: input.tls,
             host: original_host.as_ref(),
         },
-    );
-    out.insert(X_REQUEST_ID, request_id.clone());
-    match (&original_host, route.preserve_host) {
-        (Some(host), true) => out.insert(HOST, host.clone()),
-        _ => out.remove(HOST),
-    };
+        request_id: &request_id,
+        upgrade,
+        preserve_host: route.preserve_host,
+    }
+    .apply(&mut out);
 
     let forwarded = Forwarded {
         config: &config,

@@ -213,7 +213,10 @@ impl KeyCache {
     }
 
     fn index_hash(&self, hash: &KeyHash) -> u64 {
-        self.seed.hash_one(hash.0)
+        // Eight bytes of a SHA-256 are as random as all 32 and hash in a quarter of the time;
+        // slots compare the whole hash.
+        let (head, _) = hash.0.split_first_chunk::<8>().expect("32 bytes");
+        self.seed.hash_one(u64::from_ne_bytes(*head))
     }
 
     fn shard(&self, h: u64) -> &RwLock<Shard> {

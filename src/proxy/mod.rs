@@ -36,10 +36,6 @@ pub use refusal::Refusal;
 use rewrite::ClientSide;
 use route::{Route, Router};
 
-/// The most headers `forward` adds to a request: six identity headers, three forwarding
-/// headers, `X-Request-Id` and `Host`.
-pub const ADDED_HEADERS: usize = 11;
-
 /// Bodies stream through untouched; refusals are small and complete.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
@@ -220,21 +216,13 @@ impl Proxy {
         authorized?;
         if let Caller::Key(principal) = &caller {
             exchange.key = Some(principal.key.clone());
-            let (key, user) = (&principal.key, &principal.user);
-            self.limits
-                .admit(
-                    key.id(),
-                    key.rate_limit(),
-                    &user.id,
-                    user.rate_limit.as_ref(),
-                )
-                .map_err(|wait| {
-                    exchange.decision = "rate_limited";
-                    Refusal::RateLimited {
-                        retry_after_secs: retry_after_secs(wait),
-                    }
-                })?;
-            self.usage.record(key.id());
+            self.limits.admit_principal(principal).map_err(|wait| {
+                exchange.decision = "rate_limited";
+                Refusal::RateLimited {
+                    retry_after_secs: retry_after_secs(wait),
+                }
+            })?;
+            self.usage.record(principal.key.id());
         }
         self.forward(state, &route, req, conn, &caller, exchange)
             .await
@@ -271,32 +259,20 @@ impl Proxy {
             Refusal::BadRequest
         })?;
 
-        let headers = req.headers_mut();
-        // Room for what is added below (identity, forwarding, request id, host) at once,
-        // rather than growing the map several times on the way.
-        headers.reserve(ADDED_HEADERS);
-        rewrite::strip_hop_by_hop(headers, upgrade);
-        state.auth.strip_credentials(headers);
-        rewrite::strip_identity_headers(headers, &state.identity.prefix);
-        state.identity.add(headers, caller);
-        rewrite::set_forwarding_headers(
-            headers,
-            &ClientSide {
+        rewrite::RequestHeaders {
+            auth: &state.auth,
+            identity: &state.identity,
+            caller,
+            client: ClientSide {
                 ip: conn.peer.ip(),
                 tls: conn.tls,
                 host: original_host.as_ref(),
             },
-        );
-        headers.insert(rewrite::X_REQUEST_ID, exchange.request_id.clone());
-        match (&original_host, route.config.preserve_host) {
-            (Some(host), true) => {
-                headers.insert(header::HOST, host.clone());
-            }
-            // The client fills Host from the upstream URI when none is set.
-            _ => {
-                headers.remove(header::HOST);
-            }
+            request_id: &exchange.request_id,
+            upgrade,
+            preserve_host: route.config.preserve_host,
         }
+        .apply(req.headers_mut());
         *req.uri_mut() = uri;
         *req.version_mut() = if route.config.upstream_http2 {
             Version::HTTP_2

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 
+use crate::auth::{Authenticator, Caller, IdentityHeaders};
 use crate::config::{is_identity_header, UpstreamTarget};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -88,6 +89,47 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// The most headers [`RequestHeaders::apply`] adds: six identity headers, three forwarding
+/// headers, `X-Request-Id` and `Host`.
+pub const ADDED_HEADERS: usize = 11;
+
+/// Everything the gateway changes in a request's headers before forwarding it, in order.
+/// One function, so the hot-path bench and the header-rewrite fuzz target run the exact
+/// code the proxy runs.
+pub struct RequestHeaders<'a> {
+    pub auth: &'a Authenticator,
+    pub identity: &'a IdentityHeaders,
+    pub caller: &'a Caller,
+    /// The client's side; its `host` is also what `preserve_host` keeps.
+    pub client: ClientSide<'a>,
+    pub request_id: &'a HeaderValue,
+    /// Keep `Connection: upgrade` and `Upgrade` for a protocol switch.
+    pub upgrade: bool,
+    pub preserve_host: bool,
+}
+
+impl RequestHeaders<'_> {
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        // Room for what is added below at once, rather than growing the map several times.
+        headers.reserve(ADDED_HEADERS);
+        strip_hop_by_hop(headers, self.upgrade);
+        self.auth.strip_credentials(headers);
+        strip_identity_headers(headers, &self.identity.prefix);
+        self.identity.add(headers, self.caller);
+        set_forwarding_headers(headers, &self.client);
+        headers.insert(X_REQUEST_ID, self.request_id.clone());
+        match (self.client.host, self.preserve_host) {
+            (Some(host), true) => {
+                headers.insert(header::HOST, host.clone());
+            }
+            // The upstream client fills Host from the upstream URI when none is set.
+            _ => {
+                headers.remove(header::HOST);
+            }
+        }
     }
 }
 
