@@ -265,17 +265,15 @@ where
     }
 }
 
+/// Only `always` is tested: it is the setting keygate's manifests use and the only one that
+/// promises what this test checks. `everysec` does not, even when only the process dies:
+/// while a background fsync is still running (a busy disk), Redis postpones its write(2) of
+/// the AOF for up to 2 s but answers the clients meanwhile, so a SIGKILL in that window
+/// loses acknowledged writes. (An earlier `everysec` variant of this test failed that way
+/// on a loaded CI disk.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_aof_always_keeps_acknowledged_writes_across_sigkill() {
     redis_aof_keeps_acknowledged_writes_across_sigkill("always").await;
-}
-
-/// `everysec` too loses nothing when only the process dies: Redis write(2)s the AOF before
-/// it answers, and the page cache outlives the process. What `everysec` can lose is the
-/// last second or two of writes when the host itself goes down (not testable here).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_aof_everysec_keeps_acknowledged_writes_across_sigkill() {
-    redis_aof_keeps_acknowledged_writes_across_sigkill("everysec").await;
 }
 
 async fn redis_aof_keeps_acknowledged_writes_across_sigkill(fsync: &str) {
