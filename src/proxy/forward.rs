@@ -1,9 +1,16 @@
 //! The pooled upstream clients, the per-route timeout, and upgrade tunnels.
+//!
+//! Plain-http HTTP/1.1 upstreams, the common case, go through our own client
+//! ([`super::h1`]); TLS, HTTP/2 and protocol upgrades through hyper's.
 
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_rustls::HttpsConnector;
@@ -12,6 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_util::task::TaskTracker;
 
+use super::h1::{H1Client, ResponseBody, UpstreamRequest};
 use crate::config::UpstreamConfig;
 
 type Connector = HttpsConnector<HttpConnector>;
@@ -22,11 +30,23 @@ pub enum ForwardError {
     #[error("no response within {0:?}")]
     Timeout(Duration),
     #[error("upstream request failed: {0}")]
-    Failed(#[source] hyper_util::client::legacy::Error),
+    Failed(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// How a request reaches its upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// Our HTTP/1.1 client, in the request's own task.
+    Direct,
+    /// hyper's client, HTTP/1.1 or HTTP/2 as ALPN decides (TLS, upgrades).
+    Negotiated,
+    /// hyper's client, HTTP/2 only (`upstream_http2`).
+    Http2,
 }
 
 /// One connection pool per protocol choice; routes share them, keyed by upstream authority.
 pub struct Upstreams {
+    direct: H1Client,
     negotiated: Client<Connector, Incoming>,
     http2_only: Client<Connector, Incoming>,
 }
@@ -35,6 +55,7 @@ impl Upstreams {
     pub fn new(cfg: &UpstreamConfig) -> io::Result<Self> {
         let tls = client_tls(cfg)?;
         Ok(Self {
+            direct: H1Client::new(cfg),
             negotiated: client(cfg, tls.clone(), false),
             http2_only: client(cfg, tls, true),
         })
@@ -45,17 +66,86 @@ impl Upstreams {
     pub async fn send(
         &self,
         req: Request<Incoming>,
-        http2: bool,
+        via: Via,
         timeout: Duration,
-    ) -> Result<Response<Incoming>, ForwardError> {
-        let client = if http2 {
-            &self.http2_only
-        } else {
-            &self.negotiated
+    ) -> Result<Response<UpstreamBody>, ForwardError> {
+        let result = match via {
+            Via::Direct => tokio::time::timeout(timeout, self.send_direct(req)).await,
+            Via::Negotiated | Via::Http2 => {
+                let client = if via == Via::Http2 {
+                    &self.http2_only
+                } else {
+                    &self.negotiated
+                };
+                tokio::time::timeout(timeout, async {
+                    let response = client.request(req).await.map_err(boxed)?;
+                    Ok(response.map(UpstreamBody::Hyper))
+                })
+                .await
+            }
         };
-        match tokio::time::timeout(timeout, client.request(req)).await {
-            Ok(result) => result.map_err(ForwardError::Failed),
-            Err(_) => Err(ForwardError::Timeout(timeout)),
+        result.unwrap_or(Err(ForwardError::Timeout(timeout)))
+    }
+
+    async fn send_direct(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<Response<UpstreamBody>, ForwardError> {
+        let (parts, body) = req.into_parts();
+        let (Some(authority), Some(target)) = (parts.uri.authority(), parts.uri.path_and_query())
+        else {
+            return Err(boxed("upstream URI without authority or path"));
+        };
+        let response = self
+            .direct
+            .send(UpstreamRequest {
+                authority,
+                method: &parts.method,
+                target,
+                headers: &parts.headers,
+                body,
+            })
+            .await
+            .map_err(boxed)?;
+        Ok(response.map(UpstreamBody::Direct))
+    }
+}
+
+fn boxed(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> ForwardError {
+    ForwardError::Failed(e.into())
+}
+
+/// A response body from either client.
+pub enum UpstreamBody {
+    Hyper(Incoming),
+    Direct(ResponseBody),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Direct(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Hyper(b) => b.is_end_stream(),
+            UpstreamBody::Direct(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Hyper(b) => b.size_hint(),
+            UpstreamBody::Direct(b) => b.size_hint(),
         }
     }
 }

@@ -5,21 +5,26 @@
 //! Each stage lives in its own module; failures are [`Refusal`]s rendered in `refusal.rs`.
 
 pub mod forward;
+mod h1;
 pub mod refusal;
 pub mod rewrite;
 pub mod route;
 
 use std::convert::Infallible;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
+use http::uri::Scheme;
 use http::{Request, Response, Uri, Version};
-use http_body_util::{Either, Full};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
@@ -31,13 +36,45 @@ use crate::server::ConnInfo;
 use crate::store::RateLimit;
 use crate::telemetry::RouteMetrics;
 use crate::usage::Usage;
-use forward::{ForwardError, Upstreams};
+use forward::{ForwardError, UpstreamBody, Upstreams, Via};
 pub use refusal::Refusal;
 use rewrite::ClientSide;
 use route::{Route, Router};
 
 /// Bodies stream through untouched; refusals are small and complete.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub enum ProxyBody {
+    Upstream(UpstreamBody),
+    Refusal(Full<Bytes>),
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Refusal(b) => Pin::new(b).poll_frame(cx).map_err(|e| match e {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream(b) => b.is_end_stream(),
+            ProxyBody::Refusal(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream(b) => b.size_hint(),
+            ProxyBody::Refusal(b) => b.size_hint(),
+        }
+    }
+}
 
 /// Everything a config reload replaces. A request keeps the state it started with, so a
 /// reload never changes the rules half-way through a request.
@@ -146,8 +183,8 @@ impl Proxy {
         // Cheap clones (shared bytes) for the access log: the request itself moves upstream.
         let (method, uri) = (req.method().clone(), req.uri().clone());
         let mut response = match self.process(&state, req, &conn, &mut exchange).await {
-            Ok(response) => response.map(Either::Left),
-            Err(refusal) => refusal::render(&refusal, &exchange.request_id).map(Either::Right),
+            Ok(response) => response.map(ProxyBody::Upstream),
+            Err(refusal) => refusal::render(&refusal, &exchange.request_id).map(ProxyBody::Refusal),
         };
         response
             .headers_mut()
@@ -171,7 +208,7 @@ impl Proxy {
         mut req: Request<Incoming>,
         conn: &ConnInfo,
         exchange: &mut Exchange,
-    ) -> Result<Response<Incoming>, Refusal> {
+    ) -> Result<Response<UpstreamBody>, Refusal> {
         if let Some(path) = route::normalize_path(req.uri().path()) {
             replace_path(&mut req, &path)?;
         }
@@ -237,7 +274,7 @@ impl Proxy {
         conn: &ConnInfo,
         caller: &Caller,
         exchange: &mut Exchange,
-    ) -> Result<Response<Incoming>, Refusal> {
+    ) -> Result<Response<UpstreamBody>, Refusal> {
         // Upgrades are an HTTP/1.1 mechanism on both sides; on an HTTP/2 upstream the
         // request goes through as a plain request without its upgrade headers.
         let upgrade = req.version() == Version::HTTP_11
@@ -280,11 +317,15 @@ impl Proxy {
             Version::HTTP_11
         };
 
+        let via = if route.config.upstream_http2 {
+            Via::Http2
+        } else if upgrade || route.config.upstream.scheme != Scheme::HTTP {
+            Via::Negotiated
+        } else {
+            Via::Direct
+        };
         let sent = Instant::now();
-        let result = state
-            .upstreams
-            .send(req, route.config.upstream_http2, route.config.timeout)
-            .await;
+        let result = state.upstreams.send(req, via, route.config.timeout).await;
         let upstream_elapsed = sent.elapsed();
         exchange.upstream = Some(upstream_elapsed);
         route.metrics.record_upstream(upstream_elapsed);

@@ -1,0 +1,422 @@
+//! HTTP/1.1 wire format for the direct upstream client: the request head we write, the
+//! response head we read (RFC 9112 §§3-6), and how the response body is framed.
+
+use std::io::Write;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Authority;
+use http::{Method, Response, StatusCode, Version};
+
+use super::H1Error;
+
+/// The most headers an upstream response may carry (hyper's server default too).
+pub const MAX_RESPONSE_HEADERS: usize = 128;
+
+/// How the request body travels to the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestFraming {
+    /// No body (and none announced).
+    None,
+    /// The client's `Content-Length` is forwarded and the body copied as it is.
+    Length,
+    /// No length known in advance (HTTP/2 client, chunked client): chunked to the upstream.
+    Chunked,
+}
+
+impl RequestFraming {
+    pub fn of(headers: &HeaderMap, has_body: bool) -> Self {
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            RequestFraming::Length
+        } else if has_body {
+            RequestFraming::Chunked
+        } else {
+            RequestFraming::None
+        }
+    }
+}
+
+/// Writes the request line and headers. `Host` comes from `authority` unless the headers
+/// carry one (`preserve_host`). `Expect` is not forwarded: hyper answers the client's
+/// `100-continue` itself when the body is first read, and the upstream then gets a plain
+/// request rather than one that waits for a `100` we would have to relay.
+pub fn encode_request_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    authority: &Authority,
+    framing: RequestFraming,
+) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !headers.contains_key(header::HOST) {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(authority.as_str().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in headers {
+        if name == header::EXPECT {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        // A body-carrying method with an empty body says so, as hyper's client does: some
+        // servers answer 411 to a POST without a length.
+        RequestFraming::None if matches!(*method, Method::POST | Method::PUT | Method::PATCH) => {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
+        RequestFraming::None | RequestFraming::Length => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends one chunk of a chunked request body.
+pub fn encode_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return; // an empty chunk would end the body
+    }
+    write!(out, "{:x}\r\n", data.len()).expect("writing to a Vec cannot fail");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the last chunk and the trailers.
+pub fn encode_last_chunk(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flatten() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How the response body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseFraming {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes the connection.
+    Close,
+}
+
+/// A parsed response head whose header values are slices of the bytes it was read from.
+pub struct ResponseHead {
+    pub response: Response<()>,
+    pub framing: ResponseFraming,
+    /// Whether the connection may carry another request once the body has been read.
+    pub keep_alive: bool,
+}
+
+/// Parses one response head from the front of `buf` and removes it from there. `Ok(None)`
+/// means more bytes are needed. Interim (1xx) responses other than 101 are skipped.
+pub fn parse_response_head(
+    buf: &mut BytesMut,
+    request_method: &Method,
+) -> Result<Option<ResponseHead>, H1Error> {
+    loop {
+        // (name, start, end) of each value within the head, to slice once it is frozen.
+        let mut found: Vec<(HeaderName, usize, usize)>;
+        let (len, status, version) = {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+            let mut parsed = httparse::Response::new(&mut headers);
+            let len = match parsed.parse(buf) {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(httparse::Error::TooManyHeaders) => {
+                    return Err(H1Error::Protocol("too many response headers"))
+                }
+                Err(_) => return Err(H1Error::Protocol("malformed response head")),
+            };
+            let code = parsed.code.unwrap_or_default();
+            let status =
+                StatusCode::from_u16(code).map_err(|_| H1Error::Protocol("invalid status code"))?;
+            let version = match parsed.version {
+                Some(1) => Version::HTTP_11,
+                _ => Version::HTTP_10,
+            };
+            let base = buf.as_ptr() as usize;
+            found = Vec::with_capacity(parsed.headers.len());
+            for h in parsed.headers.iter() {
+                let name = HeaderName::from_bytes(h.name.as_bytes())
+                    .map_err(|_| H1Error::Protocol("invalid response header name"))?;
+                let start = h.value.as_ptr() as usize - base;
+                found.push((name, start, start + h.value.len()));
+            }
+            (len, status, version)
+        };
+        let head: Bytes = buf.split_to(len).freeze();
+        if status.is_informational() {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                // Upgrades never take this path; a switch nobody asked for is an error.
+                return Err(H1Error::Protocol("unrequested protocol switch"));
+            }
+            continue; // 100 Continue, 103 Early Hints: the final response follows
+        }
+        let mut headers = HeaderMap::with_capacity(found.len());
+        for (name, start, end) in found {
+            let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+                .map_err(|_| H1Error::Protocol("invalid response header value"))?;
+            headers.append(name, value);
+        }
+        let framing = response_framing(request_method, status, &headers)?;
+        let keep_alive = version == Version::HTTP_11
+            && framing != ResponseFraming::Close
+            && !has_token(&headers, &header::CONNECTION, "close");
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        return Ok(Some(ResponseHead {
+            response,
+            framing,
+            keep_alive,
+        }));
+    }
+}
+
+fn response_framing(
+    method: &Method,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Result<ResponseFraming, H1Error> {
+    if *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(ResponseFraming::Empty);
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // Chunked only when it is the final coding; anything else runs until close.
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .rfind(|t| !t.is_empty());
+        return Ok(match last {
+            Some(t) if t.eq_ignore_ascii_case(b"chunked") => ResponseFraming::Chunked,
+            _ => ResponseFraming::Close,
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let n = parse_decimal(part.trim_ascii())
+                .ok_or(H1Error::Protocol("invalid content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(H1Error::Protocol("conflicting content-length values"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => ResponseFraming::Empty,
+        Some(n) => ResponseFraming::Length(n),
+        None => ResponseFraming::Close,
+    })
+}
+
+fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        d.is_ascii_digit()
+            .then(|| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+            .flatten()
+    })
+}
+
+/// Whether a comma-separated header lists `token` (case-insensitively).
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// The size in a chunk-size line (`1a;ext=1`), or `None` when it is not one.
+pub fn parse_chunk_size(line: &[u8]) -> Option<u64> {
+    let end = line
+        .iter()
+        .position(|&b| b == b';' || b == b' ' || b == b'\t')
+        .unwrap_or(line.len());
+    let digits = &line[..end];
+    if digits.is_empty() || digits.len() > 16 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        let v = char::from(d).to_digit(16)?;
+        n.checked_mul(16)?.checked_add(u64::from(v))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::headers;
+
+    fn parse(raw: &str, method: Method) -> Result<Option<ResponseHead>, H1Error> {
+        parse_response_head(&mut BytesMut::from(raw), &method)
+    }
+
+    #[test]
+    fn request_head_has_host_framing_and_no_expect() {
+        let mut out = Vec::new();
+        let h = headers(&[("x-a", "1"), ("expect", "100-continue")]);
+        let authority: Authority = "127.0.0.1:9000".parse().unwrap();
+        encode_request_head(
+            &mut out,
+            &Method::POST,
+            "/p?q=1",
+            &h,
+            &authority,
+            RequestFraming::Chunked,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /p?q=1 HTTP/1.1\r\nhost: 127.0.0.1:9000\r\nx-a: 1\r\n\
+             transfer-encoding: chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn preserved_host_and_empty_post() {
+        let mut out = Vec::new();
+        let h = headers(&[("host", "api.example")]);
+        let authority: Authority = "up:80".parse().unwrap();
+        encode_request_head(
+            &mut out,
+            &Method::PUT,
+            "/",
+            &h,
+            &authority,
+            RequestFraming::None,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "PUT / HTTP/1.1\r\nhost: api.example\r\ncontent-length: 0\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn chunks_are_encoded() {
+        let mut out = Vec::new();
+        encode_chunk(&mut out, b"hello world, 26 bytes long");
+        encode_chunk(&mut out, b"");
+        encode_last_chunk(&mut out, Some(&headers(&[("grpc-status", "0")])));
+        assert_eq!(
+            out,
+            b"1a\r\nhello world, 26 bytes long\r\n0\r\ngrpc-status: 0\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn response_head_is_parsed_and_removed_from_the_buffer() {
+        let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: b\r\n\r\nok");
+        let head = parse_response_head(&mut buf, &Method::GET)
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.response.status(), StatusCode::OK);
+        assert_eq!(head.response.headers()["x-a"], "b");
+        assert_eq!(head.framing, ResponseFraming::Length(2));
+        assert!(head.keep_alive);
+        assert_eq!(&buf[..], b"ok");
+    }
+
+    #[test]
+    fn partial_head_needs_more() {
+        assert!(parse("HTTP/1.1 200 OK\r\nContent-Len", Method::GET)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn interim_responses_are_skipped() {
+        let head = parse(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n\
+             HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+            Method::POST,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(head.response.status(), StatusCode::CREATED);
+        assert!(!head.response.headers().contains_key("link"));
+        assert_eq!(head.framing, ResponseFraming::Empty);
+        assert!(matches!(
+            parse("HTTP/1.1 101 Switching Protocols\r\n\r\n", Method::GET),
+            Err(H1Error::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let framing = |raw: &str, m: Method| parse(raw, m).map(|h| h.unwrap().framing);
+        let chunked =
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 5\r\n\r\n";
+        assert_eq!(
+            framing(chunked, Method::GET).unwrap(),
+            ResponseFraming::Chunked
+        );
+        let gzip = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n";
+        assert_eq!(framing(gzip, Method::GET).unwrap(), ResponseFraming::Close);
+        let head = "HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n";
+        assert_eq!(framing(head, Method::HEAD).unwrap(), ResponseFraming::Empty);
+        let not_modified = "HTTP/1.1 304 Not Modified\r\nContent-Length: 50\r\n\r\n";
+        assert_eq!(
+            framing(not_modified, Method::GET).unwrap(),
+            ResponseFraming::Empty
+        );
+        let same = "HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\n\r\n";
+        assert_eq!(
+            framing(same, Method::GET).unwrap(),
+            ResponseFraming::Length(7)
+        );
+        let unframed = "HTTP/1.1 200 OK\r\n\r\n";
+        assert_eq!(
+            framing(unframed, Method::GET).unwrap(),
+            ResponseFraming::Close
+        );
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 7\r\nContent-Length: 8\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            "HTTP/1.1 999x OK\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+        ] {
+            assert!(parse(bad, Method::GET).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn keep_alive_needs_http11_framing_and_no_close() {
+        let keep = |raw: &str| parse(raw, Method::GET).unwrap().unwrap().keep_alive;
+        assert!(keep("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(!keep(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\nContent-Length: 0\r\n\r\n"
+        ));
+        assert!(!keep("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(!keep("HTTP/1.1 200 OK\r\n\r\n"));
+    }
+
+    #[test]
+    fn chunk_sizes() {
+        assert_eq!(parse_chunk_size(b"1a"), Some(26));
+        assert_eq!(parse_chunk_size(b"FF;name=value"), Some(255));
+        assert_eq!(parse_chunk_size(b"0"), Some(0));
+        assert_eq!(parse_chunk_size(b""), None);
+        assert_eq!(parse_chunk_size(b"x"), None);
+        assert_eq!(parse_chunk_size(b"10000000000000000"), None);
+    }
+}

@@ -1,0 +1,235 @@
+//! Idle upstream connections, by upstream authority. Taken newest first (the one most
+//! likely still open and warm), dropped after `pool_idle_timeout` by a sweep.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Weak};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use http::uri::Authority;
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
+
+use super::H1Error;
+use crate::config::UpstreamConfig;
+
+/// Read buffer growth step; most responses fit in one.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// One upstream connection and the bytes read from it but not yet consumed.
+pub struct Conn {
+    pub stream: TcpStream,
+    pub buf: BytesMut,
+}
+
+impl Conn {
+    /// Reads whatever the socket has into `buf`; `Ok(0)` is the upstream's close.
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        loop {
+            ready!(self.stream.poll_read_ready(cx))?;
+            match self.stream.try_read_buf(&mut self.buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    /// Whether an idle connection is still open. Free unless the socket has signalled
+    /// something since it was last read: tokio answers from its cached readiness.
+    fn is_open(&mut self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+pub struct Pool {
+    idle: Mutex<HashMap<Authority, Vec<Idle>>>,
+    max_idle_per_host: usize,
+    idle_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl Pool {
+    pub fn new(cfg: &UpstreamConfig) -> Arc<Self> {
+        let pool = Arc::new(Self {
+            idle: Mutex::new(HashMap::new()),
+            max_idle_per_host: cfg.pool_max_idle_per_host,
+            idle_timeout: cfg.pool_idle_timeout,
+            connect_timeout: cfg.connect_timeout,
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(sweep(Arc::downgrade(&pool)));
+        }
+        pool
+    }
+
+    /// An idle connection to `authority`, if one is open. With `verify`, the socket is
+    /// read once to make sure the upstream has not closed it; without, a caller that can
+    /// replay its request relies on retrying instead (saving a system call per request).
+    pub fn checkout(&self, authority: &Authority, verify: bool) -> Option<Conn> {
+        let mut closed = Vec::new();
+        let found = {
+            let mut idle = self.idle.lock();
+            let list = idle.get_mut(authority)?;
+            let mut found = None;
+            while let Some(mut entry) = list.pop() {
+                if entry.since.elapsed() < self.idle_timeout && (!verify || entry.conn.is_open()) {
+                    found = Some(entry.conn);
+                    break;
+                }
+                closed.push(entry);
+            }
+            found
+        };
+        drop(closed); // closing sockets is a system call each: outside the lock
+        found
+    }
+
+    /// Keeps a connection whose last exchange ended cleanly, unless enough are idle.
+    pub fn put(&self, authority: &Authority, conn: Conn) {
+        let entry = Idle {
+            conn,
+            since: Instant::now(),
+        };
+        let mut idle = self.idle.lock();
+        let list = match idle.get_mut(authority) {
+            Some(list) => list,
+            None => idle.entry(authority.clone()).or_default(),
+        };
+        if list.len() < self.max_idle_per_host {
+            list.push(entry);
+        }
+    }
+
+    pub async fn connect(&self, authority: &Authority) -> Result<Conn, H1Error> {
+        let port = authority.port_u16().unwrap_or(80);
+        // `[::1]` is how a URL writes an IPv6 address; the resolver wants it bare.
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port)))
+            .await
+            .map_err(|_| H1Error::ConnectTimeout(self.connect_timeout))?
+            .map_err(H1Error::Connect)?;
+        stream.set_nodelay(true).map_err(H1Error::Connect)?;
+        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+        socket2::SockRef::from(&stream)
+            .set_tcp_keepalive(&keepalive)
+            .map_err(H1Error::Connect)?;
+        Ok(Conn {
+            stream,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+        })
+    }
+
+    /// Closes connections idle for longer than the timeout; returns how many stay open.
+    fn sweep_once(&self) -> usize {
+        let mut expired = Vec::new();
+        let remaining = {
+            let mut idle = self.idle.lock();
+            for list in idle.values_mut() {
+                let (keep, old): (Vec<Idle>, Vec<Idle>) = std::mem::take(list)
+                    .into_iter()
+                    .partition(|entry| entry.since.elapsed() < self.idle_timeout);
+                *list = keep;
+                expired.extend(old);
+            }
+            idle.retain(|_, list| !list.is_empty());
+            idle.values().map(Vec::len).sum()
+        };
+        drop(expired); // closed outside the lock
+        remaining
+    }
+}
+
+/// Runs while the pool exists: idle connections past their timeout are closed even when no
+/// request comes to take them.
+async fn sweep(pool: Weak<Pool>) {
+    let period = match pool.upgrade() {
+        Some(p) => (p.idle_timeout / 2).max(Duration::from_millis(100)),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match pool.upgrade() {
+            Some(p) => {
+                p.sweep_once();
+            }
+            None => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    fn config(idle: Duration, max: usize) -> UpstreamConfig {
+        UpstreamConfig {
+            connect_timeout: Duration::from_secs(1),
+            pool_idle_timeout: idle,
+            pool_max_idle_per_host: max,
+            ca_file: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_reused_capped_and_expire() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        let accept = tokio::spawn(async move {
+            let mut held = Vec::new();
+            for _ in 0..3 {
+                held.push(listener.accept().await.unwrap().0);
+            }
+            held
+        });
+        let pool = Pool::new(&config(Duration::from_millis(300), 2));
+        let conns = [
+            pool.connect(&authority).await.unwrap(),
+            pool.connect(&authority).await.unwrap(),
+            pool.connect(&authority).await.unwrap(),
+        ];
+        let _held = accept.await.unwrap();
+        for conn in conns {
+            pool.put(&authority, conn);
+        }
+        assert_eq!(pool.sweep_once(), 2, "at most pool_max_idle_per_host idle");
+        assert!(pool.checkout(&authority, true).is_some());
+        let last = pool.checkout(&authority, false).unwrap();
+        assert!(pool.checkout(&authority, false).is_none());
+        pool.put(&authority, last);
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(pool.sweep_once(), 0, "expired connections are closed");
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_is_not_handed_out_when_verified() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        let pool = Pool::new(&config(Duration::from_secs(60), 4));
+        let conn = pool.connect(&authority).await.unwrap();
+        let (mut server_side, _) = listener.accept().await.unwrap();
+        pool.put(&authority, conn);
+        server_side.shutdown().await.unwrap();
+        drop(server_side);
+        // Let the FIN arrive and the reactor see it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(pool.checkout(&authority, true).is_none());
+    }
+}
