@@ -88,17 +88,8 @@ pub fn encode_chunk(out: &mut Vec<u8>, data: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Appends the last chunk and the trailers.
-pub fn encode_last_chunk(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
-    out.extend_from_slice(b"0\r\n");
-    for (name, value) in trailers.into_iter().flatten() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-}
+/// The end of a chunked body (without trailers).
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 /// How the response body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +161,11 @@ pub fn parse_response_head(
             headers.append(name, value);
         }
         let framing = response_framing(request_method, status, &headers)?;
+        if headers.contains_key(header::TRANSFER_ENCODING) {
+            // RFC 9112 §6.3: the length does not apply, and must not reach the client, whose
+            // answer would be framed by it.
+            headers.remove(header::CONTENT_LENGTH);
+        }
         let keep_alive = version == Version::HTTP_11
             && framing != ResponseFraming::Close
             && !has_token(&headers, &header::CONNECTION, "close");
@@ -315,11 +311,8 @@ mod tests {
         let mut out = Vec::new();
         encode_chunk(&mut out, b"hello world, 26 bytes long");
         encode_chunk(&mut out, b"");
-        encode_last_chunk(&mut out, Some(&headers(&[("grpc-status", "0")])));
-        assert_eq!(
-            out,
-            b"1a\r\nhello world, 26 bytes long\r\n0\r\ngrpc-status: 0\r\n\r\n"
-        );
+        out.extend_from_slice(LAST_CHUNK);
+        assert_eq!(out, b"1a\r\nhello world, 26 bytes long\r\n0\r\n\r\n");
     }
 
     #[test]

@@ -92,7 +92,8 @@ impl H1Client {
 
     /// Sends the request on a pooled connection (or a new one) and reads the response head.
     /// A request without a body and with an idempotent method is sent once more, on a new
-    /// connection, when a pooled one turns out to have been closed by the upstream.
+    /// connection, when a pooled one turns out to have been closed by the upstream after
+    /// it was checked (a race no client can rule out).
     pub async fn send(&self, req: UpstreamRequest<'_>) -> Result<Response<ResponseBody>, H1Error> {
         let has_body = !req.body.is_end_stream();
         let framing = RequestFraming::of(req.headers, has_body);
@@ -109,7 +110,7 @@ impl H1Client {
         let (authority, method) = (req.authority, req.method);
         let mut body = has_body.then_some(req.body);
 
-        if let Some(conn) = self.pool.checkout(authority, !replayable) {
+        if let Some(conn) = self.pool.checkout(authority) {
             tracing::trace!(%authority, "reusing a pooled upstream connection");
             match self
                 .exchange(conn, &head, body.take(), framing, authority, method)
@@ -171,15 +172,12 @@ async fn write_with_body(
     let chunked = framing == RequestFraming::Chunked;
     let mut out = Vec::with_capacity(head.len() + 1024);
     out.extend_from_slice(head);
-    let mut trailers = None;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(H1Error::RequestBody)?;
-        let data = match frame.into_data() {
-            Ok(data) => data,
-            Err(frame) => {
-                trailers = frame.into_trailers().ok();
-                continue;
-            }
+        // Request trailers are dropped, as hyper's client does once `Trailer` is stripped:
+        // forwarded, they would carry headers past every check applied to the head
+        // (credentials, spoofed identity headers).
+        let Ok(data) = frame.map_err(H1Error::RequestBody)?.into_data() else {
+            continue;
         };
         if !chunked && out.len() + data.len() > COALESCE_LIMIT {
             // Large frames go as they are rather than through a copy.
@@ -200,7 +198,7 @@ async fn write_with_body(
         out.clear();
     }
     if chunked {
-        codec::encode_last_chunk(&mut out, trailers.as_ref());
+        out.extend_from_slice(codec::LAST_CHUNK);
     }
     if !out.is_empty() {
         conn.stream.write_all(&out).await.map_err(H1Error::Write)?;

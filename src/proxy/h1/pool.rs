@@ -39,9 +39,10 @@ impl Conn {
         }
     }
 
-    /// Whether an idle connection is still open. Free unless the socket has signalled
-    /// something since it was last read: tokio answers from its cached readiness.
-    fn is_open(&mut self) -> bool {
+    /// Whether an idle connection is open with nothing to read. A system call only when
+    /// the socket has been readable since it last reported nothing: otherwise tokio answers
+    /// from its cached readiness.
+    fn is_silent(&mut self) -> bool {
         let mut probe = [0u8; 1];
         matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
@@ -73,17 +74,18 @@ impl Pool {
         pool
     }
 
-    /// An idle connection to `authority`, if one is open. With `verify`, the socket is
-    /// read once to make sure the upstream has not closed it; without, a caller that can
-    /// replay its request relies on retrying instead (saving a system call per request).
-    pub fn checkout(&self, authority: &Authority, verify: bool) -> Option<Conn> {
+    /// An idle connection to `authority`, if one is open and silent. Anything readable on
+    /// an idle connection (its close, a `408` some servers send before closing, bytes an
+    /// upstream wrongly sent after a response) rules it out: read later, it would be taken
+    /// for the answer to the next request.
+    pub fn checkout(&self, authority: &Authority) -> Option<Conn> {
         let mut closed = Vec::new();
         let found = {
             let mut idle = self.idle.lock();
             let list = idle.get_mut(authority)?;
             let mut found = None;
             while let Some(mut entry) = list.pop() {
-                if entry.since.elapsed() < self.idle_timeout && (!verify || entry.conn.is_open()) {
+                if entry.since.elapsed() < self.idle_timeout && entry.conn.is_silent() {
                     found = Some(entry.conn);
                     break;
                 }
@@ -210,16 +212,16 @@ mod tests {
             pool.put(&authority, conn);
         }
         assert_eq!(pool.sweep_once(), 2, "at most pool_max_idle_per_host idle");
-        assert!(pool.checkout(&authority, true).is_some());
-        let last = pool.checkout(&authority, false).unwrap();
-        assert!(pool.checkout(&authority, false).is_none());
+        assert!(pool.checkout(&authority).is_some());
+        let last = pool.checkout(&authority).unwrap();
+        assert!(pool.checkout(&authority).is_none());
         pool.put(&authority, last);
         tokio::time::sleep(Duration::from_millis(350)).await;
         assert_eq!(pool.sweep_once(), 0, "expired connections are closed");
     }
 
     #[tokio::test]
-    async fn a_connection_the_upstream_closed_is_not_handed_out_when_verified() {
+    async fn a_connection_the_upstream_closed_is_not_handed_out() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
         let pool = Pool::new(&config(Duration::from_secs(60), 4));
@@ -230,6 +232,6 @@ mod tests {
         drop(server_side);
         // Let the FIN arrive and the reactor see it.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(pool.checkout(&authority, true).is_none());
+        assert!(pool.checkout(&authority).is_none());
     }
 }
