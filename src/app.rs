@@ -19,6 +19,7 @@ use crate::store::{self, Store};
 use crate::telemetry;
 use crate::tls::ServerTls;
 use crate::usage::{self, Usage};
+use crate::workers::{self, ProxyWorkers, WorkerSettings};
 
 /// The status listener keeps answering (`/readyz` 503) while the proxy drains; it gets this
 /// long of its own to finish once the proxy is done.
@@ -85,8 +86,7 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
         max_headers: config.proxy.max_headers,
         tls: server_tls.as_ref().map(|t| t.acceptor.clone()),
     };
-    let proxy_listener = server::bind("proxy", config.proxy.listen)
-        .await
+    let proxy_listeners = workers::bind_reuseport(config.proxy.listen, config.proxy.workers)
         .map_err(|e| e.to_string())?;
     let admin_listener = server::bind("admin", config.admin.listen)
         .await
@@ -99,16 +99,17 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
     let stop_proxy = CancellationToken::new();
     let stop_status = CancellationToken::new();
     let grace = config.shutdown.grace;
-    let serving = proxy.clone();
-    let proxy_task = tokio::spawn(server::serve(
-        "proxy",
-        proxy_listener,
-        proxy_options,
-        move |req, conn| serving.clone().handle(req, conn),
-        draining.clone(),
-        stop_proxy.clone(),
-        grace,
-    ));
+    let mut proxy_workers = ProxyWorkers::start(
+        proxy_listeners,
+        proxy.clone(),
+        WorkerSettings {
+            options: proxy_options,
+            draining: draining.clone(),
+            stop: stop_proxy.clone(),
+            grace,
+        },
+    )
+    .map_err(|e| format!("cannot start the proxy workers: {e}"))?;
     let admin_task = tokio::spawn(server::serve(
         "admin",
         admin_listener,
@@ -171,7 +172,7 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
     tokio::time::sleep(config.shutdown.delay).await;
 
     stop_proxy.cancel();
-    let _ = tokio::join!(proxy_task, admin_task);
+    let ((), _) = tokio::join!(proxy_workers.served(), admin_task);
     tunnels.close();
     if tokio::time::timeout_at(deadline, tunnels.wait())
         .await
@@ -182,6 +183,7 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
             "grace period over; closing open tunnels"
         );
     }
+    proxy_workers.finish().await;
     // Last: the usage flusher writes what the drained requests recorded.
     stop_background.cancel();
     for task in background {
@@ -260,6 +262,7 @@ fn keep_restart_only(next: &mut Config, running: &Config) -> Vec<&'static str> {
     keep!("proxy.header_read_timeout", proxy.header_read_timeout);
     keep!("proxy.max_header_bytes", proxy.max_header_bytes);
     keep!("proxy.max_headers", proxy.max_headers);
+    keep!("proxy.workers", proxy.workers);
     // Certificate files reload; turning TLS on or off changes the listener.
     if next.proxy.tls.is_some() != running.proxy.tls.is_some() {
         kept.push("proxy.tls");

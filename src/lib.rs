@@ -19,6 +19,7 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod usage;
+pub mod workers;
 
 #[cfg(test)]
 pub(crate) mod test_support {

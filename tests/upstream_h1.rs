@@ -399,8 +399,11 @@ async fn serve(mut wire: Wire, conn: usize, script: Script, log: Arc<Mutex<Vec<S
 // ---------------------------------------------------------------------------------------
 // The gateway side.
 
+/// One proxy worker: upstream connections are pooled per worker, and these tests count them.
 fn gateway(routes: &str) -> Gateway {
-    Gateway::start(&format!("routes:\n{routes}"))
+    Gateway::start(&format!(
+        "proxy: {{ listen: \"127.0.0.1:0\", workers: 1 }}\nroutes:\n{routes}"
+    ))
 }
 
 /// One `auth: none` route to `up` for every path.

@@ -84,6 +84,8 @@ pub struct ProxyConfig {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    /// Proxy worker threads, each with its own event loop and listening socket.
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -256,6 +258,9 @@ pub struct UpstreamTarget {
     pub base_path: String,
 }
 
+/// More proxy workers than this is a typo, not a machine.
+const MAX_PROXY_WORKERS: usize = 1024;
+
 impl Config {
     /// Reads, parses and validates the file, applying `KEYGATE_*` environment overrides.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -415,6 +420,16 @@ pub fn validate(
                 return Err(invalid("proxy.max_headers", "must be at least 1"));
             }
             raw.proxy.max_headers
+        },
+        workers: match raw.proxy.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n if n > MAX_PROXY_WORKERS => {
+                return Err(invalid(
+                    "proxy.workers",
+                    format!("must be at most {MAX_PROXY_WORKERS} (0: one per CPU)"),
+                ))
+            }
+            n => n,
         },
     };
 

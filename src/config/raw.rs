@@ -14,6 +14,8 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: HumanDuration = HumanDuration::secs(10);
 /// nginx's `large_client_header_buffers` default is 4×8k; 64 KiB fits large cookies and JWTs.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// `0`: one proxy worker per CPU.
+pub const DEFAULT_PROXY_WORKERS: usize = 0;
 pub const DEFAULT_EMBEDDED_PATH: &str = "data/keygate.db";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 pub const DEFAULT_REDIS_KEY_PREFIX: &str = "keygate:";
@@ -81,6 +83,7 @@ pub struct RawProxy {
     pub header_read_timeout: HumanDuration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    pub workers: usize,
 }
 
 impl Default for RawProxy {
@@ -91,6 +94,7 @@ impl Default for RawProxy {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_headers: DEFAULT_MAX_HEADERS,
+            workers: DEFAULT_PROXY_WORKERS,
         }
     }
 }

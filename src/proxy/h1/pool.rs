@@ -1,10 +1,15 @@
-//! Idle upstream connections, by upstream authority. Taken newest first (the one most
-//! likely still open and warm), dropped after `pool_idle_timeout` by a sweep.
+//! Idle upstream connections, by upstream authority and by thread. Taken newest first (the
+//! one most likely still open and warm), dropped after `pool_idle_timeout` by a sweep.
+//!
+//! By thread because a socket belongs to the event loop it was opened on: each proxy worker
+//! runs its own (`crate::workers`), and a connection used from another worker's loop would
+//! have every readiness event cross threads.
 
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Weak};
 use std::task::{ready, Context, Poll};
+use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -54,7 +59,7 @@ struct Idle {
 }
 
 pub struct Pool {
-    idle: Mutex<HashMap<Authority, Vec<Idle>>>,
+    idle: Mutex<HashMap<(ThreadId, Authority), Vec<Idle>>>,
     max_idle_per_host: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
@@ -80,9 +85,10 @@ impl Pool {
     /// for the answer to the next request.
     pub fn checkout(&self, authority: &Authority) -> Option<Conn> {
         let mut closed = Vec::new();
+        let key = (thread::current().id(), authority.clone());
         let found = {
             let mut idle = self.idle.lock();
-            let list = idle.get_mut(authority)?;
+            let list = idle.get_mut(&key)?;
             let mut found = None;
             while let Some(mut entry) = list.pop() {
                 if entry.since.elapsed() < self.idle_timeout && entry.conn.is_silent() {
@@ -103,11 +109,9 @@ impl Pool {
             conn,
             since: Instant::now(),
         };
+        let key = (thread::current().id(), authority.clone());
         let mut idle = self.idle.lock();
-        let list = match idle.get_mut(authority) {
-            Some(list) => list,
-            None => idle.entry(authority.clone()).or_default(),
-        };
+        let list = idle.entry(key).or_default();
         if list.len() < self.max_idle_per_host {
             list.push(entry);
         }

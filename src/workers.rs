@@ -1,0 +1,144 @@
+//! The proxy's worker threads: each runs a single-threaded event loop with its own listening
+//! socket on the proxy port (`SO_REUSEPORT`, so the kernel spreads new connections over
+//! them), and serves its connections from accept to close, upstream connections included.
+//!
+//! Why not tokio's multi-threaded scheduler for the proxy: there, one thread at a time
+//! polls the event loop and hands ready tasks to the others, waking them through the
+//! kernel, and tasks move between threads. Profiles of the proxy under load showed the
+//! wake-ups and context switches as the largest cost after the TCP work itself. One loop
+//! per thread is how nginx and HAProxy are built. The admin and status listeners, the
+//! Redis connections and the background tasks stay on the main (multi-threaded) runtime.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::proxy::Proxy;
+use crate::server::{self, ConnOptions};
+
+/// Listening sockets on one address, one per worker. The first binds `addr` (port 0 picks
+/// a free port); the others join it on the port it got.
+pub fn bind_reuseport(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let named = |e: io::Error, at: SocketAddr| {
+        io::Error::new(e.kind(), format!("cannot listen for proxy on {at}: {e}"))
+    };
+    let first = reuseport_listener(addr).map_err(|e| named(e, addr))?;
+    let bound = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..count {
+        listeners.push(reuseport_listener(bound).map_err(|e| named(e, bound))?);
+    }
+    // Tests and scripts read this line to learn ports chosen with `:0`.
+    tracing::info!(listener = "proxy", addr = %bound, workers = count, "listening");
+    Ok(listeners)
+}
+
+fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// What each worker needs to serve and to stop.
+pub struct WorkerSettings {
+    pub options: ConnOptions,
+    pub draining: CancellationToken,
+    pub stop: CancellationToken,
+    pub grace: Duration,
+}
+
+/// The running workers. Stopping takes two steps: [`ProxyWorkers::served`] waits until
+/// every worker has drained its connections; [`ProxyWorkers::finish`] then ends their event
+/// loops, which also ends tunnels still open on them, so it comes after the tunnels' grace.
+pub struct ProxyWorkers {
+    served: Vec<oneshot::Receiver<()>>,
+    release: CancellationToken,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl ProxyWorkers {
+    pub fn start(
+        listeners: Vec<std::net::TcpListener>,
+        proxy: Arc<Proxy>,
+        settings: WorkerSettings,
+    ) -> io::Result<Self> {
+        let release = CancellationToken::new();
+        let mut served = Vec::with_capacity(listeners.len());
+        let mut threads = Vec::with_capacity(listeners.len());
+        for (i, listener) in listeners.into_iter().enumerate() {
+            // Built here so a failure is reported at startup, not in a thread.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (done, served_rx) = oneshot::channel();
+            served.push(served_rx);
+            let proxy = proxy.clone();
+            let options = settings.options.clone();
+            let (draining, stop, grace) = (
+                settings.draining.clone(),
+                settings.stop.clone(),
+                settings.grace,
+            );
+            let release = release.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("keygate-proxy-{i}"))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        let listener = match TcpListener::from_std(listener) {
+                            Ok(l) => l,
+                            Err(e) => {
+                                tracing::error!(worker = i, error = %e, "proxy worker cannot use its listener");
+                                let _ = done.send(());
+                                return;
+                            }
+                        };
+                        let handler = move |req, conn| proxy.clone().handle(req, conn);
+                        server::serve("proxy", listener, options, handler, draining, stop, grace)
+                            .await;
+                        let _ = done.send(());
+                        // Tunnels opened here run on this loop: keep it until released.
+                        release.cancelled().await;
+                    });
+                })?;
+            threads.push(thread);
+        }
+        Ok(Self {
+            served,
+            release,
+            threads,
+        })
+    }
+
+    /// Resolves once every worker has stopped accepting and drained its connections.
+    pub async fn served(&mut self) {
+        for done in self.served.drain(..) {
+            let _ = done.await;
+        }
+    }
+
+    /// Ends the workers' event loops and joins their threads.
+    pub async fn finish(self) {
+        self.release.cancel();
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
+    }
+}
