@@ -381,7 +381,7 @@ impl Verifier {
     }
 
     async fn key_entry(&self, caches: &Caches, hash: &KeyHash) -> Result<KeyEntry, Refusal> {
-        let load = async {
+        let load = || async {
             // Stamped before the load: an epoch bump during it leaves the result unfresh.
             let stamp = self.stamp_now();
             let Some(bundle) = self.store.load_key(hash).await? else {
@@ -404,7 +404,7 @@ impl Verifier {
     }
 
     async fn user_entry(&self, caches: &Caches, id: &str) -> Result<Arc<UserEntry>, Refusal> {
-        let load = async {
+        let load = || async {
             let stamp = self.stamp_now();
             let bundle = self.store.load_user(id).await?;
             Ok(Arc::new(UserEntry::from_bundle(bundle, stamp)))
@@ -536,7 +536,7 @@ async fn read_through<C, Q, Fut>(
     key: &Q,
     epoch: &AtomicU64,
     policy: &Policy,
-    load: Fut,
+    load: impl FnOnce() -> Fut,
 ) -> Result<(C::Entry, Lookup), StoreError>
 where
     C: LoadingCache<Q>,
@@ -555,7 +555,10 @@ where
             return Ok((entry, lookup));
         }
     }
-    match cache.load_once(key, fresh, load).await {
+    // Boxed: the load (store round trip, cache insert) is a future of several kilobytes,
+    // and unboxed it would size every request's future for a path only misses take. That
+    // future is moved a few times per request; the profile showed the copies (memmove).
+    match Box::pin(cache.load_once(key, fresh, load())).await {
         (Some(entry), None) => Ok((entry, Lookup::Miss)),
         // Both caches drop positive entries once `ttl + stale_if_error` has passed, so
         // whatever is still here is within the window.

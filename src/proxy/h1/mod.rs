@@ -122,7 +122,10 @@ impl H1Client {
                 result => return result,
             }
         }
-        let conn = self.pool.connect(authority).await?;
+        // Boxed, like the body upload below: both are large futures that most requests
+        // (pooled connection, no body) never run, and the request's future would otherwise
+        // carry their size through every move.
+        let conn = Box::pin(self.pool.connect(authority)).await?;
         tracing::trace!(%authority, "opened an upstream connection");
         self.exchange(conn, &head, body, framing, authority, method)
             .await
@@ -139,7 +142,7 @@ impl H1Client {
     ) -> Result<Response<ResponseBody>, H1Error> {
         match body {
             None => conn.stream.write_all(head).await.map_err(H1Error::Write)?,
-            Some(body) => write_with_body(&mut conn, head, body, framing).await?,
+            Some(body) => Box::pin(write_with_body(&mut conn, head, body, framing)).await?,
         }
         let head = loop {
             if let Some(head) = codec::parse_response_head(&mut conn.buf, method)? {

@@ -37,11 +37,27 @@ impl Conn {
         }
         loop {
             ready!(self.stream.poll_read_ready(cx))?;
+            let room = self.buf.capacity() - self.buf.len();
             match self.stream.try_read_buf(&mut self.buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Ok(n) if n > 0 && n < room => {
+                    self.drained();
+                    return Poll::Ready(Ok(n));
+                }
                 result => return Poll::Ready(result),
             }
         }
+    }
+
+    /// A short read took everything the socket had, so tell tokio it is no longer readable.
+    /// Otherwise its cached readiness stays set, and the next wait for an answer, or the
+    /// idle check, would start with a read that finds nothing: one wasted system call per
+    /// request. Safe against races: tokio keeps readiness that a newer event set, and never
+    /// clears the peer's close.
+    fn drained(&self) {
+        let _ = self.stream.try_io(tokio::io::Interest::READABLE, || {
+            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+        });
     }
 
     /// Whether an idle connection is open with nothing to read. A system call only when
