@@ -427,6 +427,10 @@ async fn call_get(c: &HttpClient, url: &str) -> Answer {
     call(c, Request::get(url).body(Full::default()).unwrap()).await
 }
 
+async fn call_head(c: &HttpClient, url: &str) -> Answer {
+    call(c, Request::head(url).body(Full::default()).unwrap()).await
+}
+
 /// Sends raw bytes to keygate on a new connection and reads one response.
 async fn raw(gw: &Gateway, method: &str, bytes: &[u8]) -> (Head, Vec<u8>) {
     let mut wire = Wire::connect(gw.proxy).await;
@@ -584,13 +588,7 @@ async fn head_204_and_304_have_no_body_and_do_not_hang() {
     let gw = gateway_to(&up);
     let c = client();
 
-    let r = call(
-        &c,
-        Request::head(gw.url("/head"))
-            .body(Full::default())
-            .unwrap(),
-    )
-    .await;
+    let r = call_head(&c, &gw.url("/head")).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.headers["x-kind"], "head");
     assert_eq!(
@@ -957,13 +955,7 @@ async fn a_body_sent_after_a_head_answer_does_not_break_the_next_request() {
     .await;
     let gw = gateway_to(&up);
     let c = client();
-    let r = call(
-        &c,
-        Request::head(gw.url("/head"))
-            .body(Full::default())
-            .unwrap(),
-    )
-    .await;
+    let r = call_head(&c, &gw.url("/head")).await;
     assert_eq!(r.status, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let r = call_get(&c, &gw.url("/after")).await;

@@ -940,6 +940,20 @@ mod tests {
     }
 
     #[test]
+    fn proxy_workers_default_to_one_per_cpu_and_are_bounded() {
+        let c = Config::from_yaml(MINIMAL, &no_env).unwrap();
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(c.proxy.workers, cpus);
+        let c = Config::from_yaml(&format!("proxy: {{ workers: 3 }}\n{MINIMAL}"), &no_env).unwrap();
+        assert_eq!(c.proxy.workers, 3);
+        let (path, msg) = error_of(&format!("proxy: {{ workers: 5000 }}\n{MINIMAL}"));
+        assert_eq!(path, "proxy.workers");
+        assert!(msg.contains("at most 1024"), "{msg}");
+        let (path, _) = error_of(&format!("proxy: {{ workers: -1 }}\n{MINIMAL}"));
+        assert_eq!(path, "proxy.workers");
+    }
+
+    #[test]
     fn unknown_key_is_named_with_its_path() {
         let (path, msg) = error_of(&format!("{MINIMAL}    colour: blue\n"));
         assert_eq!(path, "routes[0].colour");

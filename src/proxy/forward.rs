@@ -4,13 +4,10 @@
 //! ([`super::h1`]); TLS, HTTP/2 and protocol upgrades through hyper's.
 
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_rustls::HttpsConnector;
@@ -79,7 +76,7 @@ impl Upstreams {
                 };
                 tokio::time::timeout(timeout, async {
                     let response = client.request(req).await.map_err(boxed)?;
-                    Ok(response.map(UpstreamBody::Hyper))
+                    Ok(response.map(Either::Left))
                 })
                 .await
             }
@@ -107,7 +104,7 @@ impl Upstreams {
             })
             .await
             .map_err(boxed)?;
-        Ok(response.map(UpstreamBody::Direct))
+        Ok(response.map(Either::Right))
     }
 }
 
@@ -115,40 +112,8 @@ fn boxed(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> ForwardError
     ForwardError::Failed(e.into())
 }
 
-/// A response body from either client.
-pub enum UpstreamBody {
-    Hyper(Incoming),
-    Direct(ResponseBody),
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.get_mut() {
-            UpstreamBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            UpstreamBody::Direct(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Hyper(b) => b.is_end_stream(),
-            UpstreamBody::Direct(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::Hyper(b) => b.size_hint(),
-            UpstreamBody::Direct(b) => b.size_hint(),
-        }
-    }
-}
+/// A response body from either client: hyper's, or ours.
+pub type UpstreamBody = Either<Incoming, ResponseBody>;
 
 fn client_tls(cfg: &UpstreamConfig) -> io::Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();

@@ -12,9 +12,7 @@ pub mod route;
 
 use std::convert::Infallible;
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -23,8 +21,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::Scheme;
 use http::{Request, Response, Uri, Version};
-use http_body::{Body, Frame, SizeHint};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
@@ -42,39 +39,7 @@ use rewrite::ClientSide;
 use route::{Route, Router};
 
 /// Bodies stream through untouched; refusals are small and complete.
-pub enum ProxyBody {
-    Upstream(UpstreamBody),
-    Refusal(Full<Bytes>),
-}
-
-impl Body for ProxyBody {
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.get_mut() {
-            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
-            ProxyBody::Refusal(b) => Pin::new(b).poll_frame(cx).map_err(|e| match e {}),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ProxyBody::Upstream(b) => b.is_end_stream(),
-            ProxyBody::Refusal(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ProxyBody::Upstream(b) => b.size_hint(),
-            ProxyBody::Refusal(b) => b.size_hint(),
-        }
-    }
-}
+pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
 /// Everything a config reload replaces. A request keeps the state it started with, so a
 /// reload never changes the rules half-way through a request.
@@ -183,8 +148,8 @@ impl Proxy {
         // Cheap clones (shared bytes) for the access log: the request itself moves upstream.
         let (method, uri) = (req.method().clone(), req.uri().clone());
         let mut response = match self.process(&state, req, &conn, &mut exchange).await {
-            Ok(response) => response.map(ProxyBody::Upstream),
-            Err(refusal) => refusal::render(&refusal, &exchange.request_id).map(ProxyBody::Refusal),
+            Ok(response) => response.map(Either::Left),
+            Err(refusal) => refusal::render(&refusal, &exchange.request_id).map(Either::Right),
         };
         response
             .headers_mut()
