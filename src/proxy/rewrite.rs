@@ -53,19 +53,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             .any(|(h, p)| p && h == wanted)
     };
 
-    // Names listed in Connection are removed too (`Connection: close, X-Foo`).
-    let listed: Vec<HeaderName> = if is_present(&header::CONNECTION) {
-        headers
+    // Names listed in Connection are removed too (`Connection: close, X-Foo`). Each listed
+    // token is matched against the names present, so the common `keep-alive` or `close`
+    // (naming a header that is on the fixed list, or none at all) costs no allocation.
+    let mut listed: Vec<HeaderName> = Vec::new();
+    if is_present(&header::CONNECTION) {
+        // As bytes: a value with one non-ASCII byte must not hide the names it lists
+        // (found by fuzzing: docs/fuzzing.md, F3).
+        let tokens = headers
             .get_all(header::CONNECTION)
             .iter()
-            // As bytes: a value with one non-ASCII byte must not hide the names it lists
-            // (found by fuzzing: docs/fuzzing.md, F3).
             .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
-            .collect()
-    } else {
-        Vec::new()
-    };
+            .map(<[u8]>::trim_ascii);
+        for token in tokens {
+            let named = headers
+                .keys()
+                .find(|name| name.as_str().as_bytes().eq_ignore_ascii_case(token));
+            // Upgrade is handled below; the fixed list is removed anyway.
+            if let Some(name) = named.filter(|n| *n != header::UPGRADE && !HOP_BY_HOP.contains(n)) {
+                listed.push(name.clone());
+            }
+        }
+    }
     let te_trailers = is_present(&header::TE)
         && headers.get_all(header::TE).iter().any(|v| {
             v.to_str().is_ok_and(|s| {
@@ -75,9 +84,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         });
 
     for name in listed {
-        if !(keep_upgrade && name == header::UPGRADE) {
-            headers.remove(&name);
-        }
+        headers.remove(&name);
     }
     for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
@@ -183,25 +190,26 @@ pub struct ClientSide<'a> {
 pub fn set_forwarding_headers(headers: &mut HeaderMap, client: &ClientSide<'_>) {
     // Formatted on the stack: the longest IPv6 text is 45 bytes.
     let mut ip_buf = [0u8; 64];
-    let ip = {
-        let mut cursor = std::io::Cursor::new(&mut ip_buf[..]);
-        write!(cursor, "{}", client.ip.to_canonical()).expect("an IP address fits in 64 bytes");
-        let len = usize::try_from(cursor.position()).expect("at most 64");
-        &ip_buf[..len]
-    };
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => {
-            let mut all = headers
-                .get_all(&X_FORWARDED_FOR)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect::<Vec<_>>()
-                .join(", ");
-            all.push_str(", ");
-            all.push_str(std::str::from_utf8(ip).expect("an IP address is ASCII"));
-            HeaderValue::from_str(&all)
+    let ip = ip_text(client.ip.to_canonical(), &mut ip_buf);
+    let prior = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter(|v| !v.trim().is_empty());
+    // One buffer, sized once and handed to the header value without a copy.
+    let mut xff = Vec::new();
+    for value in prior {
+        if xff.is_empty() {
+            xff.reserve(value.len() + 2 + ip.len());
         }
-        _ => HeaderValue::from_bytes(ip),
+        xff.extend_from_slice(value.as_bytes());
+        xff.extend_from_slice(b", ");
+    }
+    let xff = if xff.is_empty() {
+        HeaderValue::from_bytes(ip)
+    } else {
+        xff.extend_from_slice(ip);
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(xff))
     };
     if let Ok(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
@@ -214,6 +222,40 @@ pub fn set_forwarding_headers(headers: &mut HeaderMap, client: &ClientSide<'_>) 
         Some(host) => headers.insert(X_FORWARDED_HOST, host.clone()),
         None => headers.remove(X_FORWARDED_HOST),
     };
+}
+
+/// The address as text in `buf`. IPv4, the usual case, without the formatting machinery.
+fn ip_text(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                let digits = [octet / 100, octet / 10 % 10, octet % 10];
+                let skip = if octet >= 100 {
+                    0
+                } else if octet >= 10 {
+                    1
+                } else {
+                    2
+                };
+                for d in &digits[skip..] {
+                    buf[len] = b'0' + d;
+                    len += 1;
+                }
+            }
+            &buf[..len]
+        }
+        IpAddr::V6(_) => {
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            write!(cursor, "{ip}").expect("an IP address fits in 64 bytes");
+            let len = usize::try_from(cursor.position()).expect("at most 64");
+            &buf[..len]
+        }
+    }
 }
 
 /// Builds the absolute upstream URI: the target's scheme and authority, its base path, then
@@ -352,6 +394,57 @@ mod tests {
         set_forwarding_headers(&mut h, &client);
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn forwarded_for_joins_every_prior_value_and_skips_blank_ones() {
+        let mut h = HeaderMap::new();
+        for v in ["203.0.113.9", "  ", "198.51.100.1, 192.0.2.4"] {
+            h.append(X_FORWARDED_FOR, HeaderValue::from_static(v));
+        }
+        let client = ClientSide {
+            ip: "10.0.0.7".parse().unwrap(),
+            tls: false,
+            host: None,
+        };
+        set_forwarding_headers(&mut h, &client);
+        assert_eq!(
+            h.get_all(X_FORWARDED_FOR).iter().collect::<Vec<_>>(),
+            ["203.0.113.9, 198.51.100.1, 192.0.2.4, 10.0.0.7"]
+        );
+    }
+
+    #[test]
+    fn ip_text_matches_the_standard_formatting() {
+        let mut buf = [0u8; 64];
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "255.255.255.255",
+            "127.0.0.1",
+            "10.200.3.45",
+            "::1",
+            "2001:db8::ff00:42:8329",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip, &mut buf), ip.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn connection_names_match_in_any_case_and_unknown_names_are_ignored() {
+        let mut h = headers(&[
+            (
+                "connection",
+                "Keep-Alive, X-Session-Secret,, nothing-here, Upgrade",
+            ),
+            ("keep-alive", "timeout=5"),
+            ("x-session-secret", "abc"),
+            ("upgrade", "websocket"),
+            ("accept", "*/*"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["accept"]);
     }
 
     #[test]
