@@ -12,7 +12,8 @@ use std::time::Duration;
 use chrono::Utc;
 use keygate::auth::key::{new_key_id, KeyHash};
 use keygate::auth::key_cache::KeyCache;
-use keygate::auth::verifier::{monotonic_ms, CachedKey, KeyEntry, Policy, Stamp};
+use keygate::auth::verifier::{CachedKey, KeyEntry, OwnerHint, Policy, Stamp};
+use keygate::clock::monotonic_ms;
 use keygate::store::KeyRecord;
 
 /// The allocator the `keygate` binary uses, so the figure is the binary's.
@@ -64,6 +65,10 @@ fn main() {
 
     let before = resident_bytes();
     let cache = KeyCache::new(keys, policy);
+    let owner_hint = OwnerHint::none(Stamp {
+        fetched_ms: monotonic_ms(),
+        epoch: 0,
+    });
     for n in 0..keys {
         let record = record(n, &owner);
         let stamp = Stamp {
@@ -71,7 +76,9 @@ fn main() {
             epoch: 0,
         };
         let key = CachedKey::from_record(&record);
-        cache.insert(record.hash, KeyEntry::Known { key, stamp });
+        // Each key carries a hint of its owner; they all share one owner entry in `keygate serve`.
+        let owner = owner_hint.clone();
+        cache.insert(record.hash, KeyEntry::Known { key, stamp, owner });
         // First use, as a request makes it: the header values become shared slices.
         let Some(KeyEntry::Known { key, .. }) = cache.get(&record.hash) else {
             panic!("key {n} was just cached");

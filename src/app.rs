@@ -86,6 +86,12 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
         max_headers: config.proxy.max_headers,
         tls: server_tls.as_ref().map(|t| t.acceptor.clone()),
     };
+    // Before any listener is bound (tests and supervisors signal once they see "listening"):
+    // until a handler is installed, SIGHUP and SIGTERM kill the process on the spot.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| format!("cannot listen for SIGHUP: {e}"))?;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
     let proxy_listeners = workers::bind_reuseport(config.proxy.listen, config.proxy.workers)
         .map_err(|e| e.to_string())?;
     let admin_listener = server::bind("admin", config.admin.listen)
@@ -150,10 +156,6 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
         stop_background.clone(),
     )));
 
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| format!("cannot listen for SIGHUP: {e}"))?;
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
     let mut config = config;
     loop {
         tokio::select! {
@@ -325,18 +327,32 @@ async fn watch_store(store: Arc<dyn Store>, health: Arc<Health>, stop: Cancellat
     }
 }
 
-/// Resolves on SIGTERM (Kubernetes, systemd) or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C will stop keygate");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// Resolves on SIGTERM (Kubernetes, systemd) or SIGINT (Ctrl-C). The handlers are installed
+/// when this is called, not when it is first polled, so a signal in between is not lost.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        match (term, interrupt) {
+            (Ok(mut term), Ok(mut interrupt)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
+            }
+            (term, interrupt) => {
+                tracing::error!(
+                    sigterm = term.is_ok(),
+                    sigint = interrupt.is_ok(),
+                    "cannot install a handler for every shutdown signal"
+                );
+                if let Ok(mut s) = term.or(interrupt) {
+                    s.recv().await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            }
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }

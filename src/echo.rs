@@ -68,6 +68,8 @@ pub async fn handle(
 
 /// Runs the echo server until SIGINT/SIGTERM.
 pub async fn run(listen: SocketAddr) -> std::io::Result<()> {
+    // Installed before "listening" is logged, as in `keygate serve`.
+    let shutdown = crate::app::shutdown_signal();
     let listener = server::bind("echo", listen).await?;
     let stop = CancellationToken::new();
     let server = tokio::spawn(server::serve(
@@ -80,7 +82,7 @@ pub async fn run(listen: SocketAddr) -> std::io::Result<()> {
         stop.clone(),
         Duration::from_secs(5),
     ));
-    crate::app::shutdown_signal().await;
+    shutdown.await;
     stop.cancel();
     let _ = server.await;
     Ok(())

@@ -22,7 +22,7 @@ pub struct Usage {
 
 impl Usage {
     pub fn record(&self, key_id: &str) {
-        let now = Utc::now().timestamp_millis();
+        let now = crate::clock::unix_ms();
         match self.pending.get_mut(key_id) {
             Some(mut at) => *at = now,
             None => {

@@ -26,7 +26,8 @@ use hashbrown::HashTable;
 use parking_lot::{Mutex, RwLock};
 
 use super::key::KeyHash;
-use super::verifier::{monotonic_ms, Cached, KeyEntry, Policy};
+use super::verifier::{Cached, KeyEntry, Policy};
+use crate::clock::monotonic_ms;
 
 /// Shards hold at least this many entries before the cache is split further.
 const MIN_PER_SHARD: u64 = 4096;
@@ -109,14 +110,17 @@ impl KeyCache {
 
     /// The entry for `hash` if one is cached and within its lifetime.
     pub fn get(&self, hash: &KeyHash) -> Option<KeyEntry> {
+        self.get_at(hash, monotonic_ms())
+    }
+
+    /// [`KeyCache::get`] with the clock already read ([`monotonic_ms`]).
+    pub fn get_at(&self, hash: &KeyHash, now_ms: u64) -> Option<KeyEntry> {
         let h = self.index_hash(hash);
         let shard = self.shard(h).read();
-        let &slot = shard
-            .index
-            .find(h, |&i| shard.slots[i as usize].hash == *hash)?;
+        let slot = shard.position(h, hash)?;
         let slot = &shard.slots[slot as usize];
         let entry = slot.entry.as_ref()?;
-        if self.expired(entry, monotonic_ms()) {
+        if self.expired(entry, now_ms) {
             return None;
         }
         // Relaxed: the bit is an eviction hint; a lost update only costs a second chance.
@@ -131,10 +135,7 @@ impl KeyCache {
         let h = self.index_hash(&hash);
         let mut guard = self.shard(h).write();
         let shard = &mut *guard;
-        if let Some(&i) = shard
-            .index
-            .find(h, |&i| shard.slots[i as usize].hash == hash)
-        {
+        if let Some(i) = shard.position(h, &hash) {
             let slot = &mut shard.slots[i as usize];
             slot.entry = Some(entry);
             *slot.referenced.get_mut() = true;
@@ -172,15 +173,24 @@ impl KeyCache {
         index.insert_unique(h, i, |&j| self.index_hash(&slots[j as usize].hash));
     }
 
+    /// Changes the entry cached for `hash` in place, if there is one.
+    pub fn update(&self, hash: &KeyHash, change: impl FnOnce(&mut KeyEntry)) {
+        let h = self.index_hash(hash);
+        let mut guard = self.shard(h).write();
+        let shard = &mut *guard;
+        if let Some(i) = shard.position(h, hash) {
+            if let Some(entry) = &mut shard.slots[i as usize].entry {
+                change(entry);
+            }
+        }
+    }
+
     /// Forgets `hash` (an admin change made the cached answer wrong).
     pub fn invalidate(&self, hash: &KeyHash) {
         let h = self.index_hash(hash);
         let mut guard = self.shard(h).write();
         let shard = &mut *guard;
-        if let Some(&i) = shard
-            .index
-            .find(h, |&i| shard.slots[i as usize].hash == *hash)
-        {
+        if let Some(i) = shard.position(h, hash) {
             self.vacate(shard, h, i);
         }
     }
@@ -260,6 +270,15 @@ impl KeyCache {
                 return u32::try_from(i).expect("a shard holds under 2^32 slots");
             }
         }
+    }
+}
+
+impl Shard {
+    /// The slot holding `hash`, whose index hash is `h`.
+    fn position(&self, h: u64, hash: &KeyHash) -> Option<u32> {
+        self.index
+            .find(h, |&i| self.slots[i as usize].hash == *hash)
+            .copied()
     }
 }
 

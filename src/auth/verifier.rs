@@ -10,9 +10,10 @@
 use std::borrow::Cow;
 use std::future::Future;
 use std::ops::Range;
+use std::sync::atomic::AtomicU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -25,6 +26,7 @@ use moka::Expiry;
 use super::key::KeyHash;
 use super::key_cache::KeyCache;
 use super::permissions;
+use crate::clock::{monotonic_ms, unix_ms};
 use crate::config::CacheConfig;
 use crate::proxy::Refusal;
 use crate::store::{KeyRecord, RateLimit, Store, StoreError, UserBundle};
@@ -36,11 +38,31 @@ pub enum KeyEntry {
     Known {
         key: CachedKey,
         stamp: Stamp,
+        owner: OwnerHint,
     },
     /// The store said no such key (or it was revoked).
-    Unknown {
-        stamp: Stamp,
-    },
+    Unknown { stamp: Stamp },
+}
+
+/// The key owner's cache entry, kept with the key so that a hit needs no lookup in the user
+/// cache (moka's read path was the largest share of a hit after the clock). It stands only
+/// while no user or group changed since it was taken (`generation`, see
+/// [`Verifier::user_changes`]) and it is fresh; otherwise the user cache answers and the key
+/// entry takes the answer as its new hint.
+#[derive(Clone)]
+pub struct OwnerHint {
+    entry: Arc<UserEntry>,
+    generation: u32,
+}
+
+impl OwnerHint {
+    /// A hint that never stands (for entries made outside a verifier, as benches do).
+    pub fn none(stamp: Stamp) -> Self {
+        Self {
+            entry: Arc::new(UserEntry { user: None, stamp }),
+            generation: u32::MAX,
+        }
+    }
 }
 
 /// When an entry was loaded, and in which cache epoch (see [`Verifier::revalidate_all`]).
@@ -49,14 +71,6 @@ pub struct Stamp {
     /// [`monotonic_ms`] at the time of the load.
     pub fetched_ms: u64,
     pub epoch: u64,
-}
-
-/// Milliseconds since the first call, on the monotonic clock. Stamps keep this rather than an
-/// `Instant` (16 bytes), which a million cached keys notice.
-pub fn monotonic_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    let elapsed = START.get_or_init(Instant::now).elapsed();
-    u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The parts of a key record the data plane needs, compact because a million may be cached
@@ -249,6 +263,10 @@ pub struct Verifier {
     /// Bumped when invalidation events may have been missed; entries of older epochs must
     /// be revalidated with the store before use.
     epoch: AtomicU64,
+    /// Bumped after every eviction of users (a user or group changed): owner hints taken
+    /// before it no longer stand. Wraps; a hint would have to sit through exactly 2^32
+    /// changes to stand again by mistake, and entries live minutes.
+    user_changes: AtomicU32,
 }
 
 /// The two caches and the rules they were built with.
@@ -286,6 +304,8 @@ impl Verifier {
             store,
             caches: ArcSwap::from_pointee(Caches::new(config)),
             epoch: AtomicU64::new(0),
+            // Never equal to `OwnerHint::none`'s generation until it wraps.
+            user_changes: AtomicU32::new(0),
         }
     }
 
@@ -307,18 +327,23 @@ impl Verifier {
     pub async fn verify(&self, hash: &KeyHash) -> Result<Principal, Refusal> {
         // One set of caches for the whole decision, even if a reload swaps them meanwhile.
         let caches = self.caches.load_full();
-        let entry = self.key_entry(&caches, hash).await?;
-        let key = match entry {
-            KeyEntry::Known { key, .. } => key,
+        // One read of the clock for every freshness check of this decision.
+        let now_ms = monotonic_ms();
+        let (key, owner) = match self.key_entry(&caches, hash, now_ms).await? {
+            KeyEntry::Known { key, owner, .. } => (key, owner),
             KeyEntry::Unknown { .. } => return Err(Refusal::InvalidKey),
         };
         if !key.enabled {
             return Err(Refusal::KeyDisabled);
         }
-        if key.expires_at_ms <= Utc::now().timestamp_millis() {
+        if key.expires_at_ms <= unix_ms() {
             return Err(Refusal::KeyExpired);
         }
-        let user_entry = self.user_entry(&caches, key.owner()).await?;
+        let user_entry = if self.stands(&owner, &caches.policy, now_ms) {
+            owner.entry
+        } else {
+            self.owner_entry(&caches, hash, key.owner(), now_ms).await?
+        };
         let Some(user) = user_entry.user.clone() else {
             return Err(Refusal::InvalidKey);
         };
@@ -349,6 +374,7 @@ impl Verifier {
 
     pub async fn evict_user(&self, id: &str) {
         self.caches.load().users.invalidate(id).await;
+        self.user_changed();
     }
 
     pub fn evict_group(&self, group: &str) {
@@ -364,6 +390,45 @@ impl Verifier {
                     .as_ref()
                     .is_some_and(|u| u.groups.contains(&group))
             });
+        self.user_changed();
+    }
+
+    /// Called after the user cache forgot what changed: a hint taken before this either
+    /// predates the eviction or may hold what it evicted, and must not stand.
+    fn user_changed(&self) {
+        self.user_changes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Whether a key entry's owner hint may answer for the user cache.
+    fn stands(&self, hint: &OwnerHint, policy: &Policy, now_ms: u64) -> bool {
+        hint.generation == self.user_changes.load(Ordering::Acquire)
+            && hint
+                .entry
+                .is_fresh(now_ms, self.epoch.load(Ordering::Acquire), policy)
+    }
+
+    /// The owner from the user cache, when the key entry's hint does not stand; the key
+    /// entry keeps it as its new hint.
+    async fn owner_entry(
+        &self,
+        caches: &Caches,
+        hash: &KeyHash,
+        owner: &str,
+        now_ms: u64,
+    ) -> Result<Arc<UserEntry>, Refusal> {
+        // Read before the lookup: a change after this point makes the new hint not stand.
+        let generation = self.user_changes.load(Ordering::Acquire);
+        let entry = self.user_entry(caches, owner, now_ms).await?;
+        let hint = OwnerHint {
+            entry: entry.clone(),
+            generation,
+        };
+        caches.keys.update(hash, |cached| {
+            if let KeyEntry::Known { owner, .. } = cached {
+                *owner = hint;
+            }
+        });
+        Ok(entry)
     }
 
     /// After invalidation events may have been missed: every cached entry must be checked
@@ -380,36 +445,64 @@ impl Verifier {
         }
     }
 
-    async fn key_entry(&self, caches: &Caches, hash: &KeyHash) -> Result<KeyEntry, Refusal> {
+    async fn key_entry(
+        &self,
+        caches: &Caches,
+        hash: &KeyHash,
+        now_ms: u64,
+    ) -> Result<KeyEntry, Refusal> {
         let load = || async {
-            // Stamped before the load: an epoch bump during it leaves the result unfresh.
+            // Stamped before the load: an epoch bump or a user change during it leaves the
+            // result unfresh, or the owner's hint not standing.
             let stamp = self.stamp_now();
+            let generation = self.user_changes.load(Ordering::Acquire);
             let Some(bundle) = self.store.load_key(hash).await? else {
                 return Ok(KeyEntry::Unknown { stamp });
             };
-            // The same round trip brought the owner: cache it too.
-            let owner = bundle.key.owner.clone();
-            let user = UserEntry::from_bundle(bundle.owner, stamp);
-            caches.users.insert(owner, Arc::new(user)).await;
+            // The same round trip brought the owner: cache it too, unless a user changed
+            // meanwhile (it may be this one, evicted while this older copy was on its way).
+            let owner = Arc::new(UserEntry::from_bundle(bundle.owner, stamp));
+            if self.user_changes.load(Ordering::Acquire) == generation {
+                caches
+                    .users
+                    .insert(bundle.key.owner.clone(), owner.clone())
+                    .await;
+            }
             Ok(KeyEntry::Known {
                 key: CachedKey::from_record(&bundle.key),
                 stamp,
+                owner: OwnerHint {
+                    entry: owner,
+                    generation,
+                },
             })
         };
-        let (entry, lookup) = read_through(&caches.keys, hash, &self.epoch, &caches.policy, load)
-            .await
-            .map_err(outage_refusal)?;
+        let (entry, lookup) = read_through(
+            &caches.keys,
+            hash,
+            &self.epoch,
+            &caches.policy,
+            now_ms,
+            load,
+        )
+        .await
+        .map_err(outage_refusal)?;
         telemetry::record_cache_lookup(lookup.label());
         Ok(entry)
     }
 
-    async fn user_entry(&self, caches: &Caches, id: &str) -> Result<Arc<UserEntry>, Refusal> {
+    async fn user_entry(
+        &self,
+        caches: &Caches,
+        id: &str,
+        now_ms: u64,
+    ) -> Result<Arc<UserEntry>, Refusal> {
         let load = || async {
             let stamp = self.stamp_now();
             let bundle = self.store.load_user(id).await?;
             Ok(Arc::new(UserEntry::from_bundle(bundle, stamp)))
         };
-        let (entry, _) = read_through(&caches.users, id, &self.epoch, &caches.policy, load)
+        let (entry, _) = read_through(&caches.users, id, &self.epoch, &caches.policy, now_ms, load)
             .await
             .map_err(outage_refusal)?;
         Ok(entry)
@@ -426,8 +519,8 @@ fn outage_refusal(e: StoreError) -> Refusal {
 pub trait LoadingCache<Q: ?Sized>: Sync {
     type Entry: Cached;
 
-    /// The entry for `key`, if one is cached and alive.
-    fn lookup(&self, key: &Q) -> impl Future<Output = Option<Self::Entry>> + Send;
+    /// The entry for `key`, if one is cached and alive at `now_ms` ([`monotonic_ms`]).
+    fn lookup(&self, key: &Q, now_ms: u64) -> impl Future<Output = Option<Self::Entry>> + Send;
 
     /// Waits its turn among callers loading `key`, then runs `load` (a future: nothing
     /// happens until it is awaited) unless the cached entry is `fresh` by now, and caches what it loads. Answers the entry cached afterwards and
@@ -445,8 +538,8 @@ pub trait LoadingCache<Q: ?Sized>: Sync {
 impl LoadingCache<KeyHash> for KeyCache {
     type Entry = KeyEntry;
 
-    fn lookup(&self, key: &KeyHash) -> impl Future<Output = Option<KeyEntry>> + Send {
-        std::future::ready(self.get(key))
+    fn lookup(&self, key: &KeyHash, now_ms: u64) -> impl Future<Output = Option<KeyEntry>> + Send {
+        std::future::ready(self.get_at(key, now_ms))
     }
 
     async fn load_once<Fut>(
@@ -484,7 +577,8 @@ where
 {
     type Entry = V;
 
-    fn lookup(&self, key: &Q) -> impl Future<Output = Option<V>> + Send {
+    /// moka reads its own clock.
+    fn lookup(&self, key: &Q, _now_ms: u64) -> impl Future<Output = Option<V>> + Send {
         self.get(key)
     }
 
@@ -536,6 +630,7 @@ async fn read_through<C, Q, Fut>(
     key: &Q,
     epoch: &AtomicU64,
     policy: &Policy,
+    now_ms: u64,
     load: impl FnOnce() -> Fut,
 ) -> Result<(C::Entry, Lookup), StoreError>
 where
@@ -543,9 +638,10 @@ where
     Q: ?Sized,
     Fut: Future<Output = Result<C::Entry, StoreError>> + Send,
 {
-    let fresh =
-        |entry: &C::Entry| entry.is_fresh(monotonic_ms(), epoch.load(Ordering::Acquire), policy);
-    if let Some(entry) = cache.lookup(key).await {
+    // `now_ms` also after waiting for another caller's load: it only lengthens freshness by
+    // that wait, and the entry that load brought is the freshest there is.
+    let fresh = |entry: &C::Entry| entry.is_fresh(now_ms, epoch.load(Ordering::Acquire), policy);
+    if let Some(entry) = cache.lookup(key, now_ms).await {
         if fresh(&entry) {
             let lookup = if entry.is_negative() {
                 Lookup::NegativeHit
