@@ -191,28 +191,19 @@ pub fn set_forwarding_headers(headers: &mut HeaderMap, client: &ClientSide<'_>) 
     // Formatted on the stack: the longest IPv6 text is 45 bytes.
     let mut ip_buf = [0u8; 64];
     let ip = ip_text(client.ip.to_canonical(), &mut ip_buf);
-    let prior = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter(|v| !v.trim().is_empty());
-    // One buffer, sized once and handed to the header value without a copy.
-    let mut xff = Vec::new();
-    for value in prior {
-        if xff.is_empty() {
-            xff.reserve(value.len() + 2 + ip.len());
+    // One lookup for reading the prior hops and replacing them.
+    match headers.entry(X_FORWARDED_FOR) {
+        header::Entry::Vacant(vacant) => {
+            if let Ok(v) = HeaderValue::from_bytes(ip) {
+                vacant.insert(v);
+            }
         }
-        xff.extend_from_slice(value.as_bytes());
-        xff.extend_from_slice(b", ");
-    }
-    let xff = if xff.is_empty() {
-        HeaderValue::from_bytes(ip)
-    } else {
-        xff.extend_from_slice(ip);
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(xff))
-    };
-    if let Ok(v) = xff {
-        headers.insert(X_FORWARDED_FOR, v);
+        header::Entry::Occupied(mut occupied) => {
+            if let Ok(v) = forwarded_for(occupied.iter(), ip) {
+                // Replaces every prior value: they are all in the new one.
+                occupied.insert(v);
+            }
+        }
     }
     headers.insert(
         X_FORWARDED_PROTO,
@@ -222,6 +213,30 @@ pub fn set_forwarding_headers(headers: &mut HeaderMap, client: &ClientSide<'_>) 
         Some(host) => headers.insert(X_FORWARDED_HOST, host.clone()),
         None => headers.remove(X_FORWARDED_HOST),
     };
+}
+
+/// The prior `X-Forwarded-For` hops, then `ip`, in one value. Blank and non-text values are
+/// left out. One buffer, sized once and handed to the header value without a copy.
+fn forwarded_for<'v>(
+    prior: impl Iterator<Item = &'v HeaderValue>,
+    ip: &[u8],
+) -> Result<HeaderValue, header::InvalidHeaderValue> {
+    let mut xff = Vec::new();
+    let hops = prior
+        .filter_map(|v| v.to_str().ok())
+        .filter(|v| !v.trim().is_empty());
+    for value in hops {
+        if xff.is_empty() {
+            xff.reserve(value.len() + 2 + ip.len());
+        }
+        xff.extend_from_slice(value.as_bytes());
+        xff.extend_from_slice(b", ");
+    }
+    if xff.is_empty() {
+        return HeaderValue::from_bytes(ip);
+    }
+    xff.extend_from_slice(ip);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(xff))
 }
 
 /// The address as text in `buf`. IPv4, the usual case, without the formatting machinery.
