@@ -261,7 +261,10 @@ fn bench(c: &mut Criterion) {
             })
         });
 
-        let verifier = Verifier::new(Arc::new(Metered::new(store.clone())), &config.cache);
+        let verifier = Arc::new(Verifier::new(
+            Arc::new(Metered::new(store.clone())),
+            &config.cache,
+        ));
         assert!(rt.block_on(verifier.verify(&hashes[0])).is_ok());
         let lookups = |result: &str| {
             counter(

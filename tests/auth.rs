@@ -145,12 +145,17 @@ async fn seed(store: &dyn Store) -> Keys {
 
 /// A backend with fixtures, a gateway on it, and an echo upstream behind four routes.
 async fn setup(backend: Backend) -> (Backend, Keys, Gateway) {
+    setup_with(backend, "").await
+}
+
+/// [`setup`] with more configuration (top-level YAML lines).
+async fn setup_with(backend: Backend, extra: &str) -> (Backend, Keys, Gateway) {
     let keys = seed(&*backend.store().await).await;
     let up = echo_upstream().await;
     let gw = Gateway::start(&format!(
         // The failed-authentication limit per IP has its own tests (tests/limits.rs); here
         // it would turn the garbage flood's 401s into 429s.
-        "{}limits: {{ failed_auth_per_ip: null }}
+        "{}{extra}limits: {{ failed_auth_per_ip: null }}
 routes:
   - {{ name: open, path_prefix: /open, upstream: 'http://{up}', auth: none }}
   - {{ name: maybe, path_prefix: /maybe, upstream: 'http://{up}', auth: optional }}
@@ -202,6 +207,7 @@ on_both_backends!(
     route_require_is_enforced_with_narrowed_keys,
     garbage_keys_cost_no_store_lookups,
     optional_routes_admit_anonymous_callers,
+    keys_in_use_are_reloaded_before_they_expire,
 );
 
 async fn valid_key_reaches_upstream_with_identity_and_without_the_key(backend: Backend) {
@@ -575,5 +581,61 @@ async fn stale_records_serve_during_an_outage_only_within_stale_if_error() {
         &call(&gw, "/x", &[("x-api-key", keys.get("alice"))]).await,
         503,
         "auth_unavailable",
+    );
+}
+
+/// A key used in the last quarter of its `ttl` is reloaded in the background, so the request
+/// after the `ttl` is still a hit: no request waits for the store while the key is in use.
+async fn keys_in_use_are_reloaded_before_they_expire(backend: Backend) {
+    let (_b, keys, gw) = setup_with(backend, "cache: { ttl: 2s }\n").await;
+    let good = keys.get("alice").to_owned();
+    let loaded = std::time::Instant::now();
+    assert_eq!(
+        call(&gw, "/things", &[("x-api-key", &good)]).await.status,
+        200
+    );
+    let after_miss = data_plane_store_calls(&gw).await;
+
+    // Before three quarters of the ttl: a plain hit.
+    assert_eq!(
+        call(&gw, "/things", &[("x-api-key", &good)]).await.status,
+        200
+    );
+    assert_eq!(data_plane_store_calls(&gw).await, after_miss);
+
+    // Past them (1.5 s), before the ttl: still a hit, and one reload in the background.
+    tokio::time::sleep(Duration::from_millis(1600).saturating_sub(loaded.elapsed())).await;
+    assert!(
+        loaded.elapsed() < Duration::from_secs(2),
+        "too slow to test in the window"
+    );
+    assert_eq!(
+        call(&gw, "/things", &[("x-api-key", &good)]).await.status,
+        200
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while data_plane_store_calls(&gw).await == after_miss {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload in the background"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Past the first load's ttl: the reloaded entry answers.
+    tokio::time::sleep(Duration::from_millis(2400).saturating_sub(loaded.elapsed())).await;
+    assert_eq!(
+        call(&gw, "/things", &[("x-api-key", &good)]).await.status,
+        200
+    );
+    let text = get(&client(), &gw.status_url("/metrics")).await.text();
+    assert_eq!(
+        metric_value(&text, r#"keygate_auth_cache_lookups_total{result="miss"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(&text, r#"keygate_auth_cache_lookups_total{result="hit"}"#),
+        Some(3.0)
     );
 }

@@ -22,7 +22,7 @@ async fn the_key_check_future_stays_small() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(EmbeddedStore::open(&dir.path().join("keygate.db")).unwrap());
-    let verifier = Verifier::new(store, &config.cache);
+    let verifier = std::sync::Arc::new(Verifier::new(store, &config.cache));
     let hash = KeyHash::of("kg_not_a_real_key");
     let check = verifier.verify(&hash);
     let size = std::mem::size_of_val(&check);

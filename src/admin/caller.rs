@@ -80,7 +80,7 @@ pub async fn identify(
     headers: &HeaderMap,
     bootstrap: Option<&Secret>,
     key_prefix: &str,
-    verifier: &Verifier,
+    verifier: &std::sync::Arc<Verifier>,
 ) -> Result<Caller, ApiError> {
     let token = headers
         .get(AUTHORIZATION)

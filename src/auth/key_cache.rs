@@ -49,7 +49,13 @@ pub struct KeyCache {
     /// A queue per key being loaded, so a burst of requests for one uncached key costs one
     /// store lookup. Present only while someone holds or waits for the turn.
     loading: Mutex<HashMap<KeyHash, Arc<tokio::sync::Mutex<()>>>>,
+    /// Keys being refreshed ahead of their expiry, or whose refresh failed: when it started
+    /// ([`monotonic_ms`]). Small: keys in use during the last quarter of their `ttl`.
+    refreshing: Mutex<HashMap<KeyHash, u64>>,
 }
+
+/// How long after a failed refresh the next one may start.
+pub const REFRESH_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 struct Shard {
     /// Slot numbers, found by the keyed hash of the slot's key hash.
@@ -96,6 +102,7 @@ impl KeyCache {
             policy,
             seed: RandomState::new(),
             loading: Mutex::default(),
+            refreshing: Mutex::default(),
         }
     }
 
@@ -106,6 +113,30 @@ impl KeyCache {
         work.await
         // `_held` is released before `turn` is dropped: locals drop in reverse order, also
         // when the caller gives up (a client disconnecting mid-load) and this is dropped.
+    }
+
+    /// Claims the refresh of `hash`: false while another runs, or within [`REFRESH_RETRY`]
+    /// of one that failed.
+    pub fn begin_refresh(&self, hash: &KeyHash, now_ms: u64) -> bool {
+        let mut refreshing = self.refreshing.lock();
+        match refreshing.get_mut(hash) {
+            Some(started) if now_ms.saturating_sub(*started) < retry_ms() => false,
+            Some(started) => {
+                *started = now_ms;
+                true
+            }
+            None => {
+                refreshing.insert(*hash, now_ms);
+                true
+            }
+        }
+    }
+
+    /// Ends a refresh. A failed one stays claimed until [`REFRESH_RETRY`] has passed.
+    pub fn end_refresh(&self, hash: &KeyHash, succeeded: bool) {
+        if succeeded {
+            self.refreshing.lock().remove(hash);
+        }
     }
 
     /// The entry for `hash` if one is cached and within its lifetime.
@@ -198,6 +229,11 @@ impl KeyCache {
     /// Drops entries past their lifetime so their memory is reused. One shard is locked at a
     /// time, so lookups in the others go on.
     pub fn sweep(&self) {
+        let now = monotonic_ms();
+        // Failed refreshes past their retry time (a running one is re-claimed at worst).
+        self.refreshing
+            .lock()
+            .retain(|_, started| now.saturating_sub(*started) < retry_ms());
         for lock in &self.shards {
             let now = monotonic_ms();
             let mut guard = lock.write();
@@ -280,6 +316,10 @@ impl Shard {
             .find(h, |&i| self.slots[i as usize].hash == *hash)
             .copied()
     }
+}
+
+fn retry_ms() -> u64 {
+    u64::try_from(REFRESH_RETRY.as_millis()).expect("a second")
 }
 
 /// A place in the queue for one key; the last one out removes the queue.
