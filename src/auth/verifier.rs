@@ -271,6 +271,9 @@ pub struct Verifier {
     /// before it no longer stand. Wraps; a hint would have to sit through exactly 2^32
     /// changes to stand again by mistake, and entries live minutes.
     user_changes: AtomicU32,
+    /// Key evictions so far (revocations and every other key change) by the first byte of
+    /// the key hash, see [`Verifier::forget_if_changed`].
+    key_changes: [AtomicU64; 256],
 }
 
 /// The two caches and the rules they were built with.
@@ -310,6 +313,7 @@ impl Verifier {
             epoch: AtomicU64::new(0),
             // Never equal to `OwnerHint::none`'s generation until it wraps.
             user_changes: AtomicU32::new(0),
+            key_changes: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 
@@ -371,7 +375,27 @@ impl Verifier {
 
     /// Forgets a key, a user, or every user in a group (used when an admin change lands).
     pub async fn evict_key(&self, hash: &KeyHash) {
+        // Counted before the eviction: see `forget_if_changed`.
+        self.key_changes(hash).fetch_add(1, Ordering::SeqCst);
         self.caches.load().keys.invalidate(hash);
+    }
+
+    /// The eviction count of `hash`'s stripe: one counter per 256th of all hashes, so that
+    /// keys issued in bulk (each an eviction) do not drop every load running meanwhile.
+    fn key_changes(&self, hash: &KeyHash) -> &AtomicU64 {
+        &self.key_changes[usize::from(hash.0[0])]
+    }
+
+    /// Called after a load of `hash` cached its answer, with the eviction count of its stripe
+    /// read before the load began. If it moved since, this answer may predate a change:
+    /// the eviction can land between the load's store read and its insert, and would leave a
+    /// revoked key cached. It is dropped, and the next request loads again. Evictions count
+    /// before they evict, so either this sees the count move or the eviction comes after the
+    /// insert and removes it.
+    fn forget_if_changed(&self, caches: &Caches, hash: &KeyHash, before: u64) {
+        if self.key_changes(hash).load(Ordering::SeqCst) != before {
+            caches.keys.invalidate(hash);
+        }
     }
 
     /// Frees the memory of cached keys past their lifetime (run now and then).
@@ -458,6 +482,7 @@ impl Verifier {
         hash: &KeyHash,
         now_ms: u64,
     ) -> Result<KeyEntry, Refusal> {
+        let changes = self.key_changes(hash).load(Ordering::SeqCst);
         let (entry, lookup) = read_through(
             &caches.keys,
             hash,
@@ -468,6 +493,9 @@ impl Verifier {
         )
         .await
         .map_err(outage_refusal)?;
+        if lookup == Lookup::Miss {
+            self.forget_if_changed(caches, hash, changes);
+        }
         telemetry::record_cache_lookup(lookup.label());
         Ok(entry)
     }
@@ -548,7 +576,9 @@ impl Verifier {
             // Requests that waited in line for a load they needed take its result instead.
             let newer = |e: &KeyEntry| e.stamp().fetched_ms > seen.fetched_ms;
             let load = verifier.load_key_entry(&caches, &hash);
+            let changes = verifier.key_changes(&hash).load(Ordering::SeqCst);
             let (_, failure) = caches.keys.load_once(&hash, newer, load).await;
+            verifier.forget_if_changed(&caches, &hash, changes);
             if let Some(e) = &failure {
                 tracing::debug!(error = %e, "refreshing a cached key failed; it is served until its lifetime ends");
             }
