@@ -516,9 +516,9 @@ impl Verifier {
         // The same round trip brought the owner. When the user cache holds the same user,
         // fresh, the key shares that entry: every key keeps its owner's entry alive as its
         // hint, and a copy per key took 785 MiB for a million cached keys of one user, 533
-        // MiB with the copy shared (`ZIPF_FILL=1 benches/load/run zipf`). Otherwise the loaded owner is cached too, unless a user
-        // changed meanwhile (it may be this one, evicted while this older copy was on its
-        // way).
+        // MiB with the copy shared (`ZIPF_FILL=1 benches/load/run zipf`). Otherwise the
+        // loaded owner is cached too, unless a user changed meanwhile (it may be this one,
+        // evicted while this older copy was on its way).
         let loaded = UserEntry::from_bundle(bundle.owner, stamp);
         let epoch = self.epoch.load(Ordering::Acquire);
         let owner = match caches.users.get(&bundle.key.owner).await {
@@ -575,8 +575,8 @@ impl Verifier {
         runtime.spawn(async move {
             // Requests that waited in line for a load they needed take its result instead.
             let newer = |e: &KeyEntry| e.stamp().fetched_ms > seen.fetched_ms;
-            let load = verifier.load_key_entry(&caches, &hash);
             let changes = verifier.key_changes(&hash).load(Ordering::SeqCst);
+            let load = verifier.load_key_entry(&caches, &hash);
             let (_, failure) = caches.keys.load_once(&hash, newer, load).await;
             verifier.forget_if_changed(&caches, &hash, changes);
             if let Some(e) = &failure {
