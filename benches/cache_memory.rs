@@ -79,12 +79,12 @@ fn main() {
         // Each key carries a hint of its owner; they all share one owner entry in `keygate serve`.
         let owner = owner_hint.clone();
         cache.insert(record.hash, KeyEntry::Known { key, stamp, owner });
-        // First use, as a request makes it: the header values become shared slices.
+        // First use, as a request makes it.
         let Some(KeyEntry::Known { key, .. }) = cache.get(&record.hash) else {
             panic!("key {n} was just cached");
         };
         assert_eq!(key.id(), record.id);
-        let _ = (key.id_header(), key.name_header());
+        let _ = (key.id_header_bytes(), key.name_header_bytes());
     }
     assert_eq!(cache.len() as u64, keys);
     let grown = resident_bytes().saturating_sub(before);

@@ -37,4 +37,22 @@ pub(crate) mod test_support {
         }
         h
     }
+
+    /// An authenticator taking keys from `X-API-Key`, `X-Alt-Key` and bearer tokens, over
+    /// an empty embedded store.
+    pub fn authenticator() -> crate::auth::Authenticator {
+        let config = crate::config::Config::from_yaml(
+            "keys: { headers: [X-API-Key, X-Alt-Key] }\nroutes:\n  - { name: a, upstream: 'http://x', auth: none }\n",
+            &|_| None,
+        )
+        .unwrap();
+        let store = std::sync::Arc::new(
+            crate::store::embedded::EmbeddedStore::open(
+                &tempfile::tempdir().unwrap().keep().join("k.db"),
+            )
+            .unwrap(),
+        );
+        let verifier = crate::auth::Verifier::new(store, &config.cache);
+        crate::auth::Authenticator::new(&config, std::sync::Arc::new(verifier))
+    }
 }

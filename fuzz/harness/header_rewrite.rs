@@ -21,6 +21,7 @@ use keygate::auth::key;
 use keygate::auth::{Authenticator, Caller, IdentityHeaders, Presented};
 use keygate::config::raw::{AuthMode, RawConfig};
 use keygate::config::{Config, RouteConfig};
+use keygate::proxy::h1::encode_request_head;
 use keygate::proxy::rewrite::{
     self, ClientSide, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
@@ -217,8 +218,7 @@ pub fn check(data: &[u8]) -> Outcome {
     };
     check_upstream_uri(route, &target, &uri);
 
-    let mut out = client.clone();
-    rewrite::RequestHeaders {
+    let plan = rewrite::RequestHeaders {
         auth: &auth,
         identity: &identity,
         caller,
@@ -230,8 +230,10 @@ pub fn check(data: &[u8]) -> Outcome {
         request_id: &request_id,
         upgrade,
         preserve_host: route.preserve_host,
-    }
-    .apply(&mut out);
+    };
+    let mut out = client.clone();
+    plan.apply(&mut out);
+    check_request_head(&plan, client, &out, &uri);
 
     let forwarded = Forwarded {
         config: &config,
@@ -248,6 +250,47 @@ pub fn check(data: &[u8]) -> Outcome {
     forwarded.check();
     check_response_direction(client);
     Outcome::Forwarded(told)
+}
+
+/// Our upstream client (plain-http upstreams) writes the same rewrite straight into the
+/// request head: it holds what the rewritten map holds, each name's values in the same
+/// order, with `Host` first (the upstream's unless the client's is kept) and no `Expect`.
+fn check_request_head(
+    plan: &rewrite::RequestHeaders<'_>,
+    client: &HeaderMap,
+    rewritten: &HeaderMap,
+    uri: &Uri,
+) {
+    let authority = uri.authority().expect("upstream URIs are absolute");
+    let mut head = Vec::new();
+    encode_request_head(&mut head, &Method::GET, "/", authority, false, |w| {
+        plan.emit(client, w)
+    });
+    let mut lines = head.split(|&b| b == b'\n');
+    assert_eq!(lines.next(), Some(&b"GET / HTTP/1.1\r"[..]));
+    let mut written = HeaderMap::new();
+    for line in lines.take_while(|l| *l != b"\r") {
+        let line = line.strip_suffix(b"\r").expect("lines end in CRLF");
+        let colon = line.iter().position(|&b| b == b':').expect("name: value");
+        let name = HeaderName::from_bytes(&line[..colon]).expect("a valid name");
+        let value = line[colon + 1..]
+            .strip_prefix(b" ")
+            .expect("one space after the colon");
+        if written.is_empty() {
+            assert_eq!(name, HOST, "Host comes first");
+        }
+        written.append(name, HeaderValue::from_bytes(value).expect("a valid value"));
+    }
+    assert!(head.ends_with(b"\r\n\r\n"));
+    let mut expected = rewritten.clone();
+    expected.remove(header::EXPECT);
+    if !expected.contains_key(HOST) {
+        expected.insert(HOST, HeaderValue::from_str(authority.as_str()).unwrap());
+    }
+    assert_eq!(
+        written, expected,
+        "the request head and the rewritten map differ"
+    );
 }
 
 /// The rewritten head and everything it should follow from.
@@ -285,10 +328,10 @@ impl Forwarded<'_> {
         self.check_passed_through(&gateway);
     }
 
-    /// What `IdentityHeaders::add` sets for this caller on an empty head.
+    /// What `IdentityHeaders::emit` puts for this caller.
     fn identity_headers(&self) -> HeaderMap {
         let mut expected = HeaderMap::new();
-        self.identity.add(&mut expected, self.caller);
+        self.identity.emit(self.caller, &mut expected);
         expected
     }
 

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 
 use crate::config::{AuthMode, Config};
+use crate::proxy::rewrite::HeaderSink;
 use crate::proxy::Refusal;
 use crate::telemetry;
 use key::KeyHash;
@@ -67,20 +68,19 @@ impl IdentityHeaders {
         }
     }
 
-    /// Adds the caller's identity; run after the client's own identity headers were removed.
-    pub fn add(&self, headers: &mut HeaderMap, caller: &Caller) {
+    /// Puts the caller's identity into `sink`; the client's own identity headers are never
+    /// forwarded ([`crate::proxy::rewrite::RequestHeaders::emit`]).
+    pub fn emit(&self, caller: &Caller, sink: &mut impl HeaderSink) {
         match caller {
             Caller::Unchecked => {}
-            Caller::Anonymous => {
-                headers.insert(self.anonymous.clone(), HeaderValue::from_static("true"));
-            }
+            Caller::Anonymous => sink.put(&self.anonymous, &HeaderValue::from_static("true")),
             Caller::Key(p) => {
-                headers.insert(self.key_id.clone(), p.key.id_header());
-                headers.insert(self.key_name.clone(), p.key.name_header());
-                headers.insert(self.tenant.clone(), p.user.tenant_header.clone());
-                headers.insert(self.user.clone(), p.user.user_header.clone());
-                headers.insert(self.groups.clone(), p.user.groups_header.clone());
-                headers.insert(self.permissions.clone(), p.permissions_header().clone());
+                sink.put_bytes(&self.key_id, p.key.id_header_bytes());
+                sink.put_bytes(&self.key_name, p.key.name_header_bytes());
+                sink.put(&self.tenant, &p.user.tenant_header);
+                sink.put(&self.user, &p.user.user_header);
+                sink.put(&self.groups, &p.user.groups_header);
+                sink.put(&self.permissions, p.permissions_header());
             }
         }
     }
@@ -217,29 +217,28 @@ impl Authenticator {
         }
     }
 
-    /// Removes the key from the request: every configured key header, and `Authorization`
-    /// when it carried one of our keys.
+    /// Whether this header carries the key: every configured key header, and an
+    /// `Authorization` value that holds one of our keys (a foreign bearer token is the
+    /// upstream's business). Such headers never reach the upstream.
+    pub fn is_credential(&self, name: &HeaderName, value: &HeaderValue) -> bool {
+        self.key_headers.contains(name)
+            || (self.bearer
+                && name == AUTHORIZATION
+                && !matches!(self.bearer_key(value), Bearer::Foreign))
+    }
+
+    /// Removes every header [`Self::is_credential`] picks, in place.
     pub fn strip_credentials(&self, headers: &mut HeaderMap) {
-        for name in &self.key_headers {
-            headers.remove(name);
+        if !headers.iter().any(|(n, v)| self.is_credential(n, v)) {
+            return;
         }
-        if self.bearer
-            && headers
-                .get_all(AUTHORIZATION)
-                .iter()
-                .any(|v| !matches!(self.bearer_key(v), Bearer::Foreign))
-        {
-            let others: Vec<HeaderValue> = headers
-                .get_all(AUTHORIZATION)
-                .iter()
-                .filter(|v| matches!(self.bearer_key(v), Bearer::Foreign))
-                .cloned()
-                .collect();
-            headers.remove(AUTHORIZATION);
-            for v in others {
-                headers.append(AUTHORIZATION, v);
+        let mut kept = HeaderMap::with_capacity(headers.len());
+        for (name, value) in headers.iter() {
+            if !self.is_credential(name, value) {
+                kept.append(name.clone(), value.clone());
             }
         }
+        *headers = kept;
     }
 
     /// Reads an `Authorization` value as bytes, so that a value that is not text (obs-text)
@@ -281,22 +280,7 @@ enum Bearer<'a> {
 mod tests {
     use super::*;
 
-    fn authenticator() -> Authenticator {
-        let config = Config::from_yaml(
-            "keys: { headers: [X-API-Key, X-Alt-Key] }\nroutes:\n  - { name: a, upstream: 'http://x', auth: none }\n",
-            &|_| None,
-        )
-        .unwrap();
-        let store = Arc::new(
-            crate::store::embedded::EmbeddedStore::open(
-                &tempfile::tempdir().unwrap().keep().join("k.db"),
-            )
-            .unwrap(),
-        );
-        Authenticator::new(&config, Arc::new(Verifier::new(store, &config.cache)))
-    }
-
-    use crate::test_support::headers;
+    use crate::test_support::{authenticator, headers};
 
     #[test]
     fn finds_the_key_in_any_configured_place() {

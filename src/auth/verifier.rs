@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http::HeaderValue;
 use moka::future::Cache;
@@ -78,7 +77,7 @@ pub struct Stamp {
 pub struct CachedKey {
     /// The key's id, its owner's id, the id as a header value when it differs from the id,
     /// and the name as a header value, back to back: header values are slices of it.
-    text: Bytes,
+    text: Arc<[u8]>,
     id_end: u32,
     owner_end: u32,
     id_header: (u32, u32),
@@ -404,11 +403,14 @@ impl Verifier {
     }
 
     pub async fn evict_user(&self, id: &str) {
+        // Counted on both sides of the eviction: see `user_changed`.
+        self.user_changed();
         self.caches.load().users.invalidate(id).await;
         self.user_changed();
     }
 
     pub fn evict_group(&self, group: &str) {
+        self.user_changed();
         let group = group.to_owned();
         // Only fails when closures are unsupported, which this cache was built with.
         let _ = self
@@ -424,15 +426,28 @@ impl Verifier {
         self.user_changed();
     }
 
-    /// Called after the user cache forgot what changed: a hint taken before this either
-    /// predates the eviction or may hold what it evicted, and must not stand.
+    /// Called before and after the user cache forgets what changed. After: a hint taken
+    /// before this either predates the eviction or may hold what it evicted, and must not
+    /// stand. Before: a user load overlapping the eviction may insert what it read after the
+    /// eviction ran; it then sees the count moved ([`Self::forget_user_if_changed`]), or
+    /// its insert came first and the eviction removes it.
     fn user_changed(&self) {
-        self.user_changes.fetch_add(1, Ordering::AcqRel);
+        self.user_changes.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Called after a user was cached by a load that started when the change count was
+    /// `before`: if a user or group changed since, the cached entry may be the one the
+    /// eviction was meant to remove (a deactivated user kept until its `ttl`), so it goes
+    /// and the next request loads the user again. Changes are admin operations: rare.
+    async fn forget_user_if_changed(&self, caches: &Caches, id: &str, before: u32) {
+        if self.user_changes.load(Ordering::SeqCst) != before {
+            caches.users.invalidate(id).await;
+        }
     }
 
     /// Whether a key entry's owner hint may answer for the user cache.
     fn stands(&self, hint: &OwnerHint, policy: &Policy, now_ms: u64) -> bool {
-        hint.generation == self.user_changes.load(Ordering::Acquire)
+        hint.generation == self.user_changes.load(Ordering::SeqCst)
             && hint
                 .entry
                 .is_fresh(now_ms, self.epoch.load(Ordering::Acquire), policy)
@@ -448,7 +463,7 @@ impl Verifier {
         now_ms: u64,
     ) -> Result<Arc<UserEntry>, Refusal> {
         // Read before the lookup: a change after this point makes the new hint not stand.
-        let generation = self.user_changes.load(Ordering::Acquire);
+        let generation = self.user_changes.load(Ordering::SeqCst);
         let entry = self.user_entry(caches, owner, now_ms).await?;
         let hint = OwnerHint {
             entry: entry.clone(),
@@ -509,7 +524,7 @@ impl Verifier {
         // Stamped before the load: an epoch bump or a user change during it leaves the
         // result unfresh, or the owner's hint not standing.
         let stamp = self.stamp_now();
-        let generation = self.user_changes.load(Ordering::Acquire);
+        let generation = self.user_changes.load(Ordering::SeqCst);
         let Some(bundle) = self.store.load_key(hash).await? else {
             return Ok(KeyEntry::Unknown { stamp });
         };
@@ -530,11 +545,10 @@ impl Verifier {
             }
             _ => {
                 let owner = Arc::new(loaded);
-                if self.user_changes.load(Ordering::Acquire) == generation {
-                    caches
-                        .users
-                        .insert(bundle.key.owner.clone(), owner.clone())
-                        .await;
+                if self.user_changes.load(Ordering::SeqCst) == generation {
+                    let id = &bundle.key.owner;
+                    caches.users.insert(id.clone(), owner.clone()).await;
+                    self.forget_user_if_changed(caches, id, generation).await;
                 }
                 owner
             }
@@ -592,14 +606,16 @@ impl Verifier {
         id: &str,
         now_ms: u64,
     ) -> Result<Arc<UserEntry>, Refusal> {
+        // Read before any load: not the hot path (a key's owner hint answers hits).
+        let changes = self.user_changes.load(Ordering::SeqCst);
         let load = || async {
             let stamp = self.stamp_now();
             let bundle = self.store.load_user(id).await?;
             Ok(Arc::new(UserEntry::from_bundle(bundle, stamp)))
         };
-        let (entry, _) = read_through(&caches.users, id, &self.epoch, &caches.policy, now_ms, load)
-            .await
-            .map_err(outage_refusal)?;
+        let read = read_through(&caches.users, id, &self.epoch, &caches.policy, now_ms, load).await;
+        self.forget_user_if_changed(caches, id, changes).await;
+        let (entry, _) = read.map_err(outage_refusal)?;
         Ok(entry)
     }
 }
@@ -789,7 +805,7 @@ impl CachedKey {
             })
         });
         Self {
-            text: Bytes::from(text),
+            text: Arc::from(text.into_bytes()),
             id_end,
             owner_end,
             id_header,
@@ -826,23 +842,19 @@ impl CachedKey {
         self.limits.as_ref()?.rate_limit.as_ref()
     }
 
-    /// The id as a header value (a slice of the shared buffer: no copy).
-    pub fn id_header(&self) -> HeaderValue {
-        self.header_at(self.id_header.0..self.id_header.1)
+    /// The id as header value bytes (made visible ASCII when the key was loaded).
+    pub fn id_header_bytes(&self) -> &[u8] {
+        &self.text[self.id_header.0 as usize..self.id_header.1 as usize]
     }
 
-    pub fn name_header(&self) -> HeaderValue {
-        self.header_at(self.name_start..u32::try_from(self.text.len()).unwrap_or(u32::MAX))
+    /// The name as header value bytes (made visible ASCII when the key was loaded).
+    pub fn name_header_bytes(&self) -> &[u8] {
+        &self.text[self.name_start as usize..]
     }
 
     fn str_at(&self, range: Range<u32>) -> &str {
         std::str::from_utf8(&self.text[range.start as usize..range.end as usize])
             .expect("sliced at the boundaries of the strings it was built from")
-    }
-
-    fn header_at(&self, range: Range<u32>) -> HeaderValue {
-        HeaderValue::from_maybe_shared(self.text.slice(range.start as usize..range.end as usize))
-            .expect("header_text made the header values visible ASCII")
     }
 }
 

@@ -16,7 +16,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_util::task::TaskTracker;
 
-use super::h1::{H1Client, ResponseBody, UpstreamRequest};
+use super::h1::{H1Client, HeadWriter, ResponseBody, UpstreamRequest};
+use super::rewrite::RequestHeaders;
 use crate::config::UpstreamConfig;
 
 type Connector = HttpsConnector<HttpConnector>;
@@ -60,15 +61,19 @@ impl Upstreams {
 
     /// Sends the request and waits up to `timeout` for the response head. The body then
     /// streams without a deadline: a large download is not a slow upstream.
+    /// The headers are rewritten on the way: written straight into the request head by our
+    /// client, edited in the request for hyper's.
     pub async fn send(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
+        rewrite: &RequestHeaders<'_>,
         via: Via,
         timeout: Duration,
     ) -> Result<Response<UpstreamBody>, ForwardError> {
         let result = match via {
-            Via::Direct => tokio::time::timeout(timeout, self.send_direct(req)).await,
+            Via::Direct => tokio::time::timeout(timeout, self.send_direct(req, rewrite)).await,
             Via::Negotiated | Via::Http2 => {
+                rewrite.apply(req.headers_mut());
                 let client = if via == Via::Http2 {
                     &self.http2_only
                 } else {
@@ -87,6 +92,7 @@ impl Upstreams {
     async fn send_direct(
         &self,
         req: Request<Incoming>,
+        rewrite: &RequestHeaders<'_>,
     ) -> Result<Response<UpstreamBody>, ForwardError> {
         let (parts, body) = req.into_parts();
         let (Some(authority), Some(target)) = (parts.uri.authority(), parts.uri.path_and_query())
@@ -99,7 +105,7 @@ impl Upstreams {
                 authority,
                 method: &parts.method,
                 target,
-                headers: &parts.headers,
+                headers: |head: &mut HeadWriter<'_>| rewrite.emit(&parts.headers, head),
                 body,
             })
             .await

@@ -5,7 +5,7 @@
 //! Each stage lives in its own module; failures are [`Refusal`]s rendered in `refusal.rs`.
 
 pub mod forward;
-mod h1;
+pub mod h1;
 pub mod refusal;
 pub mod rewrite;
 pub mod route;
@@ -261,20 +261,6 @@ impl Proxy {
             Refusal::BadRequest
         })?;
 
-        rewrite::RequestHeaders {
-            auth: &state.auth,
-            identity: &state.identity,
-            caller,
-            client: ClientSide {
-                ip: conn.peer.ip(),
-                tls: conn.tls,
-                host: original_host.as_ref(),
-            },
-            request_id: &exchange.request_id,
-            upgrade,
-            preserve_host: route.config.preserve_host,
-        }
-        .apply(req.headers_mut());
         *req.uri_mut() = uri;
         *req.version_mut() = if route.config.upstream_http2 {
             Version::HTTP_2
@@ -289,8 +275,24 @@ impl Proxy {
         } else {
             Via::Direct
         };
+        let rewrite = rewrite::RequestHeaders {
+            auth: &state.auth,
+            identity: &state.identity,
+            caller,
+            client: ClientSide {
+                ip: conn.peer.ip(),
+                tls: conn.tls,
+                host: original_host.as_ref(),
+            },
+            request_id: &exchange.request_id,
+            upgrade,
+            preserve_host: route.config.preserve_host,
+        };
         let sent = Instant::now();
-        let result = state.upstreams.send(req, via, route.config.timeout).await;
+        let result = state
+            .upstreams
+            .send(req, &rewrite, via, route.config.timeout)
+            .await;
         let upstream_elapsed = sent.elapsed();
         exchange.upstream = Some(upstream_elapsed);
         route.metrics.record_upstream(upstream_elapsed);

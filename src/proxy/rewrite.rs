@@ -29,83 +29,172 @@ const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// What one pass over a head's names finds of its hop-by-hop headers: most requests carry
+/// none, and then nothing is hashed, removed or left out.
+struct HopByHop {
+    /// Which of [`HOP_BY_HOP`] are present.
+    present: [bool; HOP_BY_HOP_COUNT],
+    upgrade: bool,
+    /// Other headers the `Connection` header names (`Connection: close, X-Foo`).
+    listed: Vec<HeaderName>,
+    /// `TE` asks for trailers: gRPC needs `TE: trailers` end to end, so it survives.
+    te_trailers: bool,
+}
+
+impl HopByHop {
+    fn scan(headers: &HeaderMap) -> Self {
+        let mut hop = HopByHop {
+            present: [false; HOP_BY_HOP_COUNT],
+            upgrade: false,
+            listed: Vec::new(),
+            te_trailers: false,
+        };
+        // Comparisons, no hashing.
+        for name in headers.keys() {
+            match HOP_BY_HOP.iter().position(|h| h == name) {
+                Some(i) => hop.present[i] = true,
+                None => hop.upgrade |= name == header::UPGRADE,
+            }
+        }
+        if !hop.any() {
+            return hop;
+        }
+        // Each listed token is matched against the names present, so the common
+        // `keep-alive` or `close` (naming a header on the fixed list, or none at all) costs
+        // no allocation.
+        if hop.is_present(&header::CONNECTION) {
+            // As bytes: a value with one non-ASCII byte must not hide the names it lists
+            // (found by fuzzing: docs/fuzzing.md, F3).
+            let tokens = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+                .map(<[u8]>::trim_ascii);
+            for token in tokens {
+                let named = headers
+                    .keys()
+                    .find(|name| name.as_str().as_bytes().eq_ignore_ascii_case(token));
+                // Upgrade is decided on its own; the fixed list goes anyway.
+                if let Some(name) =
+                    named.filter(|n| *n != header::UPGRADE && !HOP_BY_HOP.contains(n))
+                {
+                    hop.listed.push(name.clone());
+                }
+            }
+        }
+        hop.te_trailers = hop.is_present(&header::TE)
+            && headers.get_all(header::TE).iter().any(|v| {
+                v.to_str().is_ok_and(|s| {
+                    s.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+                })
+            });
+        hop
+    }
+
+    fn any(&self) -> bool {
+        self.upgrade || self.present.contains(&true)
+    }
+
+    fn is_present(&self, wanted: &HeaderName) -> bool {
+        HOP_BY_HOP
+            .iter()
+            .zip(self.present)
+            .any(|(h, p)| p && h == wanted)
+    }
+
+    /// Whether `name` describes the connection rather than the message. `Upgrade` is
+    /// kept for a protocol switch (`keep_upgrade`).
+    fn drops(&self, name: &HeaderName, keep_upgrade: bool) -> bool {
+        self.any()
+            && (self.is_present(name)
+                || (name == header::UPGRADE && !keep_upgrade)
+                || self.listed.contains(name))
+    }
+
+    /// The hop-by-hop headers this hop sends on its own behalf after the others are gone.
+    fn replacements(&self, keep_upgrade: bool) -> impl Iterator<Item = (HeaderName, HeaderValue)> {
+        let upgrade = (keep_upgrade && self.any())
+            .then(|| (header::CONNECTION, HeaderValue::from_static("upgrade")));
+        let te = self
+            .te_trailers
+            .then(|| (header::TE, HeaderValue::from_static("trailers")));
+        upgrade.into_iter().chain(te)
+    }
+}
+
 /// Removes hop-by-hop headers: the fixed list, `Upgrade`, and every header the
 /// `Connection` header names. `TE: trailers` survives because gRPC needs it end to end.
 /// With `keep_upgrade`, `Connection: upgrade` and `Upgrade` are kept for a protocol switch.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // One pass over the names (comparisons, no hashing) finds which are present: most
-    // requests carry none, and then nothing is hashed or removed.
-    let mut present = [false; HOP_BY_HOP_COUNT];
-    let mut upgrade = false;
-    for name in headers.keys() {
-        match HOP_BY_HOP.iter().position(|h| h == name) {
-            Some(i) => present[i] = true,
-            None => upgrade |= name == header::UPGRADE,
-        }
-    }
-    if !upgrade && !present.contains(&true) {
+    let hop = HopByHop::scan(headers);
+    if !hop.any() {
         return;
     }
-    let is_present = |wanted: &HeaderName| {
-        HOP_BY_HOP
-            .iter()
-            .zip(present)
-            .any(|(h, p)| p && h == wanted)
-    };
-
-    // Names listed in Connection are removed too (`Connection: close, X-Foo`). Each listed
-    // token is matched against the names present, so the common `keep-alive` or `close`
-    // (naming a header that is on the fixed list, or none at all) costs no allocation.
-    let mut listed: Vec<HeaderName> = Vec::new();
-    if is_present(&header::CONNECTION) {
-        // As bytes: a value with one non-ASCII byte must not hide the names it lists
-        // (found by fuzzing: docs/fuzzing.md, F3).
-        let tokens = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii);
-        for token in tokens {
-            let named = headers
-                .keys()
-                .find(|name| name.as_str().as_bytes().eq_ignore_ascii_case(token));
-            // Upgrade is handled below; the fixed list is removed anyway.
-            if let Some(name) = named.filter(|n| *n != header::UPGRADE && !HOP_BY_HOP.contains(n)) {
-                listed.push(name.clone());
-            }
-        }
-    }
-    let te_trailers = is_present(&header::TE)
-        && headers.get_all(header::TE).iter().any(|v| {
-            v.to_str().is_ok_and(|s| {
-                s.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-            })
-        });
-
-    for name in listed {
-        headers.remove(&name);
-    }
-    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
+    for name in &hop.listed {
         headers.remove(name);
     }
-    if keep_upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else if upgrade {
+    for (name, _) in HOP_BY_HOP.iter().zip(hop.present).filter(|(_, p)| *p) {
+        headers.remove(name);
+    }
+    if hop.upgrade && !keep_upgrade {
         headers.remove(header::UPGRADE);
     }
-    if te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    for (name, value) in hop.replacements(keep_upgrade) {
+        headers.insert(name, value);
     }
 }
 
-/// The most headers [`RequestHeaders::apply`] adds: six identity headers, three forwarding
-/// headers, `X-Request-Id` and `Host`.
-pub const ADDED_HEADERS: usize = 11;
+/// Where the rewritten request headers go: a header map for hyper's client (TLS, HTTP/2,
+/// upgrades), or straight into the HTTP/1.1 request head that our own client writes, so
+/// that the hot path edits no map at all.
+pub trait HeaderSink {
+    fn put(&mut self, name: &HeaderName, value: &HeaderValue);
+    /// A value made for this request; `value` is valid as a header value.
+    fn put_bytes(&mut self, name: &HeaderName, value: &[u8]);
+    /// A value made for this request out of `parts` joined by `, ` (a list), each valid as
+    /// a header value.
+    fn put_list<'p>(&mut self, name: &HeaderName, parts: impl Iterator<Item = &'p [u8]>);
+}
 
-/// Everything the gateway changes in a request's headers before forwarding it, in order.
-/// One function, so the hot-path bench and the header-rewrite fuzz target run the exact
-/// code the proxy runs.
+impl HeaderSink for HeaderMap {
+    fn put(&mut self, name: &HeaderName, value: &HeaderValue) {
+        self.append(name.clone(), value.clone());
+    }
+
+    fn put_bytes(&mut self, name: &HeaderName, value: &[u8]) {
+        match HeaderValue::from_bytes(value) {
+            Ok(value) => {
+                self.append(name.clone(), value);
+            }
+            Err(_) => debug_assert!(false, "{name}: made an invalid header value"),
+        }
+    }
+
+    fn put_list<'p>(&mut self, name: &HeaderName, parts: impl Iterator<Item = &'p [u8]>) {
+        let mut list = Vec::new();
+        for part in parts {
+            if !list.is_empty() {
+                list.extend_from_slice(b", ");
+            }
+            list.extend_from_slice(part);
+        }
+        match HeaderValue::from_maybe_shared(bytes::Bytes::from(list)) {
+            Ok(value) => {
+                self.append(name.clone(), value);
+            }
+            Err(_) => debug_assert!(false, "{name}: made an invalid header value"),
+        }
+    }
+}
+
+/// The most headers [`RequestHeaders`] adds: six identity headers, three forwarding
+/// headers, `X-Request-Id`, `Host`, `Connection` and `TE`.
+pub const ADDED_HEADERS: usize = 13;
+
+/// Everything the gateway changes in a request's headers before forwarding it. One
+/// definition ([`RequestHeaders::emit`]) serves both clients, the hot-path bench and the
+/// header-rewrite fuzz target, so they all run the exact code the proxy runs.
 pub struct RequestHeaders<'a> {
     pub auth: &'a Authenticator,
     pub identity: &'a IdentityHeaders,
@@ -119,25 +208,72 @@ pub struct RequestHeaders<'a> {
 }
 
 impl RequestHeaders<'_> {
-    pub fn apply(&self, headers: &mut HeaderMap) {
-        // Room for what is added below at once, rather than growing the map several times.
-        headers.reserve(ADDED_HEADERS);
-        strip_hop_by_hop(headers, self.upgrade);
-        self.auth.strip_credentials(headers);
-        strip_identity_headers(headers, &self.identity.prefix);
-        self.identity.add(headers, self.caller);
-        set_forwarding_headers(headers, &self.client);
-        headers.insert(X_REQUEST_ID, self.request_id.clone());
-        match (self.client.host, self.preserve_host) {
-            (Some(host), true) => {
-                headers.insert(header::HOST, host.clone());
+    /// Puts the headers the upstream gets into `sink`: the client's own, less hop-by-hop
+    /// headers, our key, any identity header the client sent and the headers we set; then
+    /// ours (identity, forwarding, request id). `Host` comes first when the client's is
+    /// kept (`preserve_host`); otherwise none is put and the upstream client fills it in
+    /// from the upstream URI.
+    pub fn emit(&self, client: &HeaderMap, sink: &mut impl HeaderSink) {
+        let hop = HopByHop::scan(client);
+        let host = self.client.host.filter(|_| self.preserve_host);
+        if let Some(host) = host {
+            sink.put(&header::HOST, host);
+        }
+        let mut prior_hops = false;
+        for (name, value) in client {
+            let dropped = hop.drops(name, self.upgrade)
+                || self.auth.is_credential(name, value)
+                || is_identity_header(name.as_str(), &self.identity.prefix);
+            if dropped {
+                continue;
             }
-            // The upstream client fills Host from the upstream URI when none is set.
-            _ => {
-                headers.remove(header::HOST);
+            if name == X_FORWARDED_FOR {
+                prior_hops = true;
+            } else if !set_by_gateway(name) {
+                sink.put(name, value);
             }
         }
+        for (name, value) in hop.replacements(self.upgrade) {
+            sink.put(&name, &value);
+        }
+        self.identity.emit(self.caller, sink);
+
+        // Formatted on the stack: the longest IPv6 text is 45 bytes.
+        let mut ip_buf = [0u8; 64];
+        let ip = ip_text(self.client.ip.to_canonical(), &mut ip_buf);
+        // The client's hops, then the client: blank and non-text values are left out.
+        let prior = prior_hops
+            .then(|| client.get_all(X_FORWARDED_FOR).iter())
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.to_str().ok())
+            .filter(|v| !v.trim().is_empty())
+            .map(str::as_bytes);
+        sink.put_list(&X_FORWARDED_FOR, prior.chain([ip]));
+        // Proto and Host are overwritten: this gateway is where TLS and the host were seen.
+        let proto = if self.client.tls { "https" } else { "http" };
+        sink.put(&X_FORWARDED_PROTO, &HeaderValue::from_static(proto));
+        if let Some(host) = self.client.host {
+            sink.put(&X_FORWARDED_HOST, host);
+        }
+        sink.put(&X_REQUEST_ID, self.request_id);
     }
+
+    /// Rewrites `headers` in place, for hyper's client.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        let mut rewritten = HeaderMap::with_capacity(headers.len() + ADDED_HEADERS);
+        self.emit(headers, &mut rewritten);
+        *headers = rewritten;
+    }
+}
+
+/// Headers the gateway sets itself from what it saw; the client's are not forwarded
+/// (`X-Forwarded-For` is, as prior hops within ours).
+fn set_by_gateway(name: &HeaderName) -> bool {
+    name == header::HOST
+        || name == X_FORWARDED_PROTO
+        || name == X_FORWARDED_HOST
+        || name == X_REQUEST_ID
 }
 
 /// Whether this HTTP/1.1 request asks to switch protocols (WebSocket and friends).
@@ -164,79 +300,12 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     HeaderValue::from_str(text).expect("a UUID is a valid header value")
 }
 
-/// Removes every header whose name, with `_` read as `-`, starts with the identity prefix:
-/// only the gateway may tell the upstream who is calling.
-pub fn strip_identity_headers(headers: &mut HeaderMap, prefix: &str) {
-    let spoofed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| is_identity_header(name.as_str(), prefix))
-        .cloned()
-        .collect();
-    for name in spoofed {
-        headers.remove(name);
-    }
-}
-
 /// What the forwarding headers say about the client's side of the connection.
 pub struct ClientSide<'a> {
     pub ip: IpAddr,
     pub tls: bool,
     /// The `Host` (or HTTP/2 `:authority`) the client used, if any.
     pub host: Option<&'a HeaderValue>,
-}
-
-/// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto`/`-Host`.
-/// Proto and Host are overwritten: this gateway is where TLS and the host were seen.
-pub fn set_forwarding_headers(headers: &mut HeaderMap, client: &ClientSide<'_>) {
-    // Formatted on the stack: the longest IPv6 text is 45 bytes.
-    let mut ip_buf = [0u8; 64];
-    let ip = ip_text(client.ip.to_canonical(), &mut ip_buf);
-    // One lookup for reading the prior hops and replacing them.
-    match headers.entry(X_FORWARDED_FOR) {
-        header::Entry::Vacant(vacant) => {
-            if let Ok(v) = HeaderValue::from_bytes(ip) {
-                vacant.insert(v);
-            }
-        }
-        header::Entry::Occupied(mut occupied) => {
-            if let Ok(v) = forwarded_for(occupied.iter(), ip) {
-                // Replaces every prior value: they are all in the new one.
-                occupied.insert(v);
-            }
-        }
-    }
-    headers.insert(
-        X_FORWARDED_PROTO,
-        HeaderValue::from_static(if client.tls { "https" } else { "http" }),
-    );
-    match client.host {
-        Some(host) => headers.insert(X_FORWARDED_HOST, host.clone()),
-        None => headers.remove(X_FORWARDED_HOST),
-    };
-}
-
-/// The prior `X-Forwarded-For` hops, then `ip`, in one value. Blank and non-text values are
-/// left out. One buffer, sized once and handed to the header value without a copy.
-fn forwarded_for<'v>(
-    prior: impl Iterator<Item = &'v HeaderValue>,
-    ip: &[u8],
-) -> Result<HeaderValue, header::InvalidHeaderValue> {
-    let mut xff = Vec::new();
-    let hops = prior
-        .filter_map(|v| v.to_str().ok())
-        .filter(|v| !v.trim().is_empty());
-    for value in hops {
-        if xff.is_empty() {
-            xff.reserve(value.len() + 2 + ip.len());
-        }
-        xff.extend_from_slice(value.as_bytes());
-        xff.extend_from_slice(b", ");
-    }
-    if xff.is_empty() {
-        return HeaderValue::from_bytes(ip);
-    }
-    xff.extend_from_slice(ip);
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(xff))
 }
 
 /// The address as text in `buf`. IPv4, the usual case, without the formatting machinery.
@@ -310,7 +379,11 @@ pub fn upstream_uri(
 mod tests {
     use super::*;
 
-    use crate::test_support::headers;
+    use http::uri::Authority;
+    use http::Method;
+
+    use crate::proxy::h1::{encode_request_head, RequestFraming};
+    use crate::test_support::{authenticator, headers};
 
     #[test]
     fn strips_fixed_hop_by_hop_headers_and_those_connection_names() {
@@ -368,65 +441,310 @@ mod tests {
         assert_ne!(made, request_id(&HeaderMap::new()));
     }
 
+    /// The request headers the upstream gets for an unchecked caller, as hyper's client
+    /// gets them (`apply`) and as ours writes them (`emit` into a request head).
+    struct Rewrite {
+        auth: Authenticator,
+        identity: IdentityHeaders,
+        request_id: HeaderValue,
+    }
+
+    impl Rewrite {
+        fn new() -> Self {
+            Self {
+                auth: authenticator(),
+                identity: IdentityHeaders::new("X-Keygate-"),
+                request_id: HeaderValue::from_static("rid-1"),
+            }
+        }
+
+        fn plan<'a>(
+            &'a self,
+            client: ClientSide<'a>,
+            upgrade: bool,
+            preserve_host: bool,
+        ) -> RequestHeaders<'a> {
+            RequestHeaders {
+                auth: &self.auth,
+                identity: &self.identity,
+                caller: &Caller::Anonymous,
+                client,
+                request_id: &self.request_id,
+                upgrade,
+                preserve_host,
+            }
+        }
+
+        fn apply(&self, pairs: &[(&str, &str)], client: ClientSide<'_>) -> HeaderMap {
+            let mut h = headers(pairs);
+            self.plan(client, false, false).apply(&mut h);
+            h
+        }
+    }
+
+    fn client<'a>(ip: &str, tls: bool, host: Option<&'a HeaderValue>) -> ClientSide<'a> {
+        ClientSide {
+            ip: ip.parse().unwrap(),
+            tls,
+            host,
+        }
+    }
+
     #[test]
     fn strips_spoofed_identity_headers_in_any_spelling() {
-        let mut h = headers(&[
-            ("x-keygate-user", "admin"),
-            ("X_Keygate_Permissions", "*"),
-            ("x-keygate-tenant", "t"),
-            ("x-keygateway", "not ours?"),
-            ("x-api-version", "2"),
-        ]);
-        strip_identity_headers(&mut h, "X-Keygate-");
-        assert_eq!(h.len(), 2, "{h:?}");
-        assert!(h.contains_key("x-keygateway") && h.contains_key("x-api-version"));
+        let h = Rewrite::new().apply(
+            &[
+                ("x-keygate-user", "admin"),
+                ("X_Keygate_Permissions", "*"),
+                ("x-keygate-tenant", "t"),
+                ("x-keygateway", "not ours?"),
+                ("x-api-version", "2"),
+            ],
+            client("10.0.0.1", false, None),
+        );
+        let identity: Vec<_> = h
+            .keys()
+            .filter(|n| n.as_str().starts_with("x-keygate"))
+            .collect();
+        assert_eq!(identity, ["x-keygateway", "x-keygate-anonymous"], "{h:?}");
+        assert_eq!(h["x-keygate-anonymous"], "true");
+        assert_eq!(h["x-api-version"], "2");
+    }
+
+    #[test]
+    fn credentials_are_removed_and_foreign_bearer_tokens_kept() {
+        let h = Rewrite::new().apply(
+            &[
+                ("x-api-key", "kg_one"),
+                ("x-alt-key", "kg_one"),
+                ("authorization", "Bearer kg_one"),
+                ("authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.x"),
+            ],
+            client("10.0.0.1", false, None),
+        );
+        assert!(!h.contains_key("x-api-key") && !h.contains_key("x-alt-key"));
+        let auth: Vec<_> = h.get_all(header::AUTHORIZATION).iter().collect();
+        assert_eq!(auth, ["Bearer eyJhbGciOiJIUzI1NiJ9.e30.x"]);
     }
 
     #[test]
     fn forwarding_headers_append_and_overwrite() {
         let host = HeaderValue::from_static("api.example.com");
-        let mut h = headers(&[
-            ("x-forwarded-for", "203.0.113.9"),
-            ("x-forwarded-proto", "https"),
-            ("x-forwarded-host", "evil.example"),
-        ]);
-        let client = ClientSide {
-            ip: "10.1.2.3".parse().unwrap(),
-            tls: false,
-            host: Some(&host),
-        };
-        set_forwarding_headers(&mut h, &client);
+        let h = Rewrite::new().apply(
+            &[
+                ("x-forwarded-for", "203.0.113.9"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "evil.example"),
+                ("x-request-id", "client-made"),
+                ("host", "api.example.com"),
+            ],
+            client("10.1.2.3", false, Some(&host)),
+        );
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "api.example.com");
+        assert_eq!(h["x-request-id"], "rid-1");
+        assert!(!h.contains_key("host"), "filled from the upstream URI");
 
-        let mut h = HeaderMap::new();
-        let client = ClientSide {
-            ip: "::ffff:127.0.0.1".parse().unwrap(),
-            tls: true,
-            host: None,
-        };
-        set_forwarding_headers(&mut h, &client);
+        let h = Rewrite::new().apply(
+            &[("x-forwarded-host", "evil.example")],
+            client("::ffff:127.0.0.1", true, None),
+        );
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
+        assert!(!h.contains_key("x-forwarded-host"));
     }
 
     #[test]
     fn forwarded_for_joins_every_prior_value_and_skips_blank_ones() {
-        let mut h = HeaderMap::new();
-        for v in ["203.0.113.9", "  ", "198.51.100.1, 192.0.2.4"] {
-            h.append(X_FORWARDED_FOR, HeaderValue::from_static(v));
-        }
-        let client = ClientSide {
-            ip: "10.0.0.7".parse().unwrap(),
-            tls: false,
-            host: None,
-        };
-        set_forwarding_headers(&mut h, &client);
+        let h = Rewrite::new().apply(
+            &[
+                ("x-forwarded-for", "203.0.113.9"),
+                ("x-forwarded-for", "  "),
+                ("x-forwarded-for", "198.51.100.1, 192.0.2.4"),
+            ],
+            client("10.0.0.7", false, None),
+        );
         assert_eq!(
             h.get_all(X_FORWARDED_FOR).iter().collect::<Vec<_>>(),
             ["203.0.113.9, 198.51.100.1, 192.0.2.4, 10.0.0.7"]
         );
+    }
+
+    #[test]
+    fn request_head_puts_host_first_and_frames_the_body() {
+        let fixture = Rewrite::new();
+        let authority: Authority = "up:9000".parse().unwrap();
+        let client_host = HeaderValue::from_static("api.example");
+        let h = headers(&[
+            ("accept", "*/*"),
+            ("expect", "100-continue"),
+            ("x-api-key", "kg_a"),
+        ]);
+        let head = |preserve_host, method, has_body| {
+            let mut out = Vec::new();
+            let plan = fixture.plan(
+                client("10.0.0.1", false, Some(&client_host)),
+                false,
+                preserve_host,
+            );
+            let framing =
+                encode_request_head(&mut out, &method, "/p?q=1", &authority, has_body, |w| {
+                    plan.emit(&h, w)
+                });
+            (String::from_utf8(out).unwrap(), framing)
+        };
+        let ours = "x-keygate-anonymous: true\r\nx-forwarded-for: 10.0.0.1\r\n\
+                    x-forwarded-proto: http\r\nx-forwarded-host: api.example\r\nx-request-id: rid-1\r\n";
+        assert_eq!(
+            head(false, Method::POST, true),
+            (
+                format!("POST /p?q=1 HTTP/1.1\r\nhost: up:9000\r\naccept: */*\r\n{ours}transfer-encoding: chunked\r\n\r\n"),
+                RequestFraming::Chunked
+            )
+        );
+        assert_eq!(
+            head(true, Method::PUT, false),
+            (
+                format!("PUT /p?q=1 HTTP/1.1\r\nhost: api.example\r\naccept: */*\r\n{ours}content-length: 0\r\n\r\n"),
+                RequestFraming::None
+            )
+        );
+    }
+
+    /// The rewrite as it was first written, one edit of the header map after another:
+    /// the model the single-pass [`RequestHeaders::emit`] is checked against.
+    fn model(plan: &RequestHeaders<'_>, h: &mut HeaderMap) {
+        strip_hop_by_hop(h, plan.upgrade);
+        plan.auth.strip_credentials(h);
+        let spoofed: Vec<HeaderName> = h
+            .keys()
+            .filter(|n| is_identity_header(n.as_str(), &plan.identity.prefix))
+            .cloned()
+            .collect();
+        for name in spoofed {
+            h.remove(name);
+        }
+        plan.identity.emit(plan.caller, h);
+        let ip = plan.client.ip.to_canonical().to_string();
+        let prior: Vec<&str> = h
+            .get_all(X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter(|v| !v.trim().is_empty())
+            .collect();
+        let xff = match prior.is_empty() {
+            true => ip,
+            false => format!("{}, {ip}", prior.join(", ")),
+        };
+        h.insert(X_FORWARDED_FOR, xff.parse().unwrap());
+        let proto = if plan.client.tls { "https" } else { "http" };
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        match plan.client.host {
+            Some(host) => h.insert(X_FORWARDED_HOST, host.clone()),
+            None => h.remove(X_FORWARDED_HOST),
+        };
+        h.insert(X_REQUEST_ID, plan.request_id.clone());
+        match (plan.client.host, plan.preserve_host) {
+            (Some(host), true) => h.insert(header::HOST, host.clone()),
+            _ => h.remove(header::HOST),
+        };
+    }
+
+    const NAMES: &[&str] = &[
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "transfer-encoding",
+        "proxy-authorization",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-request-id",
+        "host",
+        "x-api-key",
+        "x-alt-key",
+        "authorization",
+        "x-keygate-user",
+        "x_keygate_tenant",
+        "x-custom",
+        "accept",
+        "content-length",
+        "expect",
+        "cookie",
+    ];
+    const VALUES: &[&str] = &[
+        "keep-alive",
+        "close, x-custom",
+        "Upgrade",
+        "keep-alive, upgrade",
+        "trailers",
+        "gzip, trailers",
+        "Bearer kg_abc",
+        "Bearer eyJ.e30.x",
+        "203.0.113.9",
+        "  ",
+        "12",
+        "websocket",
+        "x-forwarded-for",
+        "cookie, te",
+        "x-api-key",
+        "Content-Length",
+    ];
+
+    proptest::proptest! {
+        /// Whatever the client sends, both sinks get what the model's edits leave: the
+        /// same names with the same values in the same order per name. Our client's head
+        /// also holds `Host` (the upstream's unless kept) and never `Expect`.
+        #[test]
+        fn emit_matches_the_edit_by_edit_model(
+            pairs in proptest::collection::vec((0..NAMES.len(), 0..VALUES.len()), 0..12),
+            upgrade: bool,
+            preserve_host: bool,
+            tls: bool,
+            host: Option<bool>,
+            v6: bool,
+        ) {
+            static FIXTURE: std::sync::LazyLock<Rewrite> = std::sync::LazyLock::new(Rewrite::new);
+            let pairs: Vec<(&str, &str)> = pairs.iter().map(|&(n, v)| (NAMES[n], VALUES[v])).collect();
+            let original = headers(&pairs);
+            let host = host.map(|h| HeaderValue::from_static(if h { "api.example" } else { "other:8080" }));
+            let ip = if v6 { "2001:db8::7" } else { "10.0.0.7" };
+            let plan = FIXTURE.plan(client(ip, tls, host.as_ref()), upgrade, preserve_host);
+
+            let mut expected = original.clone();
+            model(&plan, &mut expected);
+            let mut applied = original.clone();
+            plan.apply(&mut applied);
+            proptest::prop_assert_eq!(&applied, &expected);
+
+            let authority: Authority = "up:9000".parse().unwrap();
+            let mut out = Vec::new();
+            let framing = encode_request_head(&mut out, &Method::GET, "/", &authority, false, |w| {
+                plan.emit(&original, w)
+            });
+            let mut parsed_headers = [httparse::EMPTY_HEADER; 64];
+            let complete = httparse::Request::new(&mut parsed_headers).parse(&out).unwrap();
+            proptest::prop_assert_eq!(complete, httparse::Status::Complete(out.len()));
+            // Read back as written (httparse trims values, which the model does not).
+            let mut written = HeaderMap::new();
+            let lines = out.split(|&b| b == b'\n').skip(1).take_while(|l| *l != b"\r");
+            for line in lines {
+                let line = line.strip_suffix(b"\r").unwrap();
+                let colon = line.iter().position(|&b| b == b':').unwrap();
+                let name = HeaderName::from_bytes(&line[..colon]).unwrap();
+                proptest::prop_assert!(!written.is_empty() || name == header::HOST);
+                written.append(name, HeaderValue::from_bytes(&line[colon + 2..]).unwrap());
+            }
+            expected.remove(header::EXPECT);
+            if !expected.contains_key(header::HOST) {
+                expected.insert(header::HOST, HeaderValue::from_static("up:9000"));
+            }
+            let length = expected.contains_key(header::CONTENT_LENGTH);
+            proptest::prop_assert_eq!(&written, &expected);
+            proptest::prop_assert_eq!(framing == RequestFraming::Length, length);
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ use http::uri::Authority;
 use http::{Method, Response, StatusCode, Version};
 
 use super::H1Error;
+use crate::proxy::rewrite::HeaderSink;
 
 /// The most headers an upstream response may carry (hyper's server default too).
 pub const MAX_RESPONSE_HEADERS: usize = 128;
@@ -24,48 +25,92 @@ pub enum RequestFraming {
     Chunked,
 }
 
-impl RequestFraming {
-    pub fn of(headers: &HeaderMap, has_body: bool) -> Self {
-        if headers.contains_key(header::CONTENT_LENGTH) {
-            RequestFraming::Length
-        } else if has_body {
-            RequestFraming::Chunked
-        } else {
-            RequestFraming::None
+/// Writes header lines into a request head as they are put, noting what the head's `Host`
+/// and framing depend on.
+pub struct HeadWriter<'a> {
+    out: &'a mut Vec<u8>,
+    authority: &'a Authority,
+    host_written: bool,
+    has_length: bool,
+}
+
+impl HeadWriter<'_> {
+    /// `Host` goes first (RFC 9110 §7.2): the upstream's authority, unless the first header
+    /// put is a `Host` of its own (`preserve_host`).
+    fn host_first(&mut self, name: Option<&HeaderName>) {
+        if !self.host_written {
+            self.host_written = true;
+            if name != Some(&header::HOST) {
+                let authority = self.authority.as_str().as_bytes();
+                self.line(header::HOST.as_str(), std::iter::once(authority));
+            }
         }
+    }
+
+    /// `name: ` and the parts joined by `, `.
+    fn line<'p>(&mut self, name: &str, parts: impl Iterator<Item = &'p [u8]>) {
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.extend_from_slice(b": ");
+        for (i, part) in parts.enumerate() {
+            if i > 0 {
+                self.out.extend_from_slice(b", ");
+            }
+            self.out.extend_from_slice(part);
+        }
+        self.out.extend_from_slice(b"\r\n");
     }
 }
 
-/// Writes the request line and headers. `Host` comes from `authority` unless the headers
-/// carry one (`preserve_host`). `Expect` is not forwarded: hyper answers the client's
+impl HeaderSink for HeadWriter<'_> {
+    fn put(&mut self, name: &HeaderName, value: &HeaderValue) {
+        self.put_bytes(name, value.as_bytes());
+    }
+
+    fn put_bytes(&mut self, name: &HeaderName, value: &[u8]) {
+        self.put_list(name, std::iter::once(value));
+    }
+
+    fn put_list<'p>(&mut self, name: &HeaderName, parts: impl Iterator<Item = &'p [u8]>) {
+        self.host_first(Some(name));
+        if name == header::EXPECT {
+            return;
+        }
+        self.has_length |= name == header::CONTENT_LENGTH;
+        self.line(name.as_str(), parts);
+    }
+}
+
+/// Writes the request line, the headers `headers` puts, and the framing; returns how the
+/// body must be sent. `Expect` is not forwarded: hyper answers the client's
 /// `100-continue` itself when the body is first read, and the upstream then gets a plain
 /// request rather than one that waits for a `100` we would have to relay.
 pub fn encode_request_head(
     out: &mut Vec<u8>,
     method: &Method,
     target: &str,
-    headers: &HeaderMap,
     authority: &Authority,
-    framing: RequestFraming,
-) {
+    has_body: bool,
+    headers: impl FnOnce(&mut HeadWriter<'_>),
+) -> RequestFraming {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if !headers.contains_key(header::HOST) {
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(authority.as_str().as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    for (name, value) in headers {
-        if name == header::EXPECT {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    let mut writer = HeadWriter {
+        out,
+        authority,
+        host_written: false,
+        has_length: false,
+    };
+    headers(&mut writer);
+    writer.host_first(None); // when no header at all was put
+    let framing = if writer.has_length {
+        RequestFraming::Length
+    } else if has_body {
+        RequestFraming::Chunked
+    } else {
+        RequestFraming::None
+    };
     match framing {
         RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         // A body-carrying method with an empty body says so, as hyper's client does: some
@@ -76,6 +121,7 @@ pub fn encode_request_head(
         RequestFraming::None | RequestFraming::Length => {}
     }
     out.extend_from_slice(b"\r\n");
+    framing
 }
 
 /// Appends one chunk of a chunked request body.
@@ -267,42 +313,58 @@ mod tests {
         parse_response_head(&mut BytesMut::from(raw), &method)
     }
 
-    #[test]
-    fn request_head_has_host_framing_and_no_expect() {
+    /// The head for `method` whose headers are `pairs`, put in order.
+    fn head(method: Method, pairs: &[(&str, &str)], has_body: bool) -> (String, RequestFraming) {
         let mut out = Vec::new();
-        let h = headers(&[("x-a", "1"), ("expect", "100-continue")]);
         let authority: Authority = "127.0.0.1:9000".parse().unwrap();
-        encode_request_head(
-            &mut out,
-            &Method::POST,
-            "/p?q=1",
-            &h,
-            &authority,
-            RequestFraming::Chunked,
+        let framing = encode_request_head(&mut out, &method, "/p?q=1", &authority, has_body, |w| {
+            for (name, value) in &headers(pairs) {
+                w.put(name, value);
+            }
+        });
+        (String::from_utf8(out).unwrap(), framing)
+    }
+
+    #[test]
+    fn request_head_has_host_first_framing_and_no_expect() {
+        assert_eq!(
+            head(
+                Method::POST,
+                &[("x-a", "1"), ("expect", "100-continue")],
+                true
+            ),
+            (
+                "POST /p?q=1 HTTP/1.1\r\nhost: 127.0.0.1:9000\r\nx-a: 1\r\n\
+                 transfer-encoding: chunked\r\n\r\n"
+                    .to_owned(),
+                RequestFraming::Chunked
+            )
         );
         assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "POST /p?q=1 HTTP/1.1\r\nhost: 127.0.0.1:9000\r\nx-a: 1\r\n\
-             transfer-encoding: chunked\r\n\r\n"
+            head(Method::GET, &[], false),
+            (
+                "GET /p?q=1 HTTP/1.1\r\nhost: 127.0.0.1:9000\r\n\r\n".to_owned(),
+                RequestFraming::None
+            )
         );
     }
 
     #[test]
-    fn preserved_host_and_empty_post() {
-        let mut out = Vec::new();
-        let h = headers(&[("host", "api.example")]);
-        let authority: Authority = "up:80".parse().unwrap();
-        encode_request_head(
-            &mut out,
-            &Method::PUT,
-            "/",
-            &h,
-            &authority,
-            RequestFraming::None,
+    fn preserved_host_empty_post_and_forwarded_length() {
+        assert_eq!(
+            head(Method::PUT, &[("host", "api.example")], false),
+            (
+                "PUT /p?q=1 HTTP/1.1\r\nhost: api.example\r\ncontent-length: 0\r\n\r\n".to_owned(),
+                RequestFraming::None
+            )
         );
         assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "PUT / HTTP/1.1\r\nhost: api.example\r\ncontent-length: 0\r\n\r\n"
+            head(Method::POST, &[("content-length", "2")], true),
+            (
+                "POST /p?q=1 HTTP/1.1\r\nhost: 127.0.0.1:9000\r\ncontent-length: 2\r\n\r\n"
+                    .to_owned(),
+                RequestFraming::Length
+            )
         );
     }
 

@@ -21,17 +21,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery};
-use http::{HeaderMap, Method, Response};
+use http::{Method, Response};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::io::AsyncWriteExt;
 
 pub use body::ResponseBody;
-use codec::RequestFraming;
+pub use codec::{encode_request_head, HeadWriter, RequestFraming};
 use pool::{Conn, Pool};
 
 use crate::config::UpstreamConfig;
+
+/// Room for a typical request head with the headers the gateway adds, so that writing it
+/// does not grow the buffer.
+pub const REQUEST_HEAD_CAPACITY: usize = 1024;
 
 /// Bodies up to this size are sent in the same write as the head.
 const COALESCE_LIMIT: usize = 64 * 1024;
@@ -71,11 +75,12 @@ impl H1Error {
 }
 
 /// The parts of a request the client sends; the URI's scheme and authority are the route's.
-pub struct UpstreamRequest<'a> {
+pub struct UpstreamRequest<'a, H> {
     pub authority: &'a Authority,
     pub method: &'a Method,
     pub target: &'a PathAndQuery,
-    pub headers: &'a HeaderMap,
+    /// Puts the headers the upstream gets, written straight into the request head.
+    pub headers: H,
     pub body: Incoming,
 }
 
@@ -94,17 +99,19 @@ impl H1Client {
     /// A request without a body and with an idempotent method is sent once more, on a new
     /// connection, when a pooled one turns out to have been closed by the upstream after
     /// it was checked (a race no client can rule out).
-    pub async fn send(&self, req: UpstreamRequest<'_>) -> Result<Response<ResponseBody>, H1Error> {
+    pub async fn send<H: FnOnce(&mut HeadWriter<'_>)>(
+        &self,
+        req: UpstreamRequest<'_, H>,
+    ) -> Result<Response<ResponseBody>, H1Error> {
         let has_body = !req.body.is_end_stream();
-        let framing = RequestFraming::of(req.headers, has_body);
-        let mut head = Vec::with_capacity(512);
-        codec::encode_request_head(
+        let mut head = Vec::with_capacity(REQUEST_HEAD_CAPACITY);
+        let framing = codec::encode_request_head(
             &mut head,
             req.method,
             req.target.as_str(),
-            req.headers,
             req.authority,
-            framing,
+            has_body,
+            req.headers,
         );
         let replayable = !has_body && req.method.is_idempotent();
         let (authority, method) = (req.authority, req.method);
