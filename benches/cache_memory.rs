@@ -1,6 +1,6 @@
 //! Memory per cached key: fills the key cache the way the verifier does (records as the
-//! store returns them, each then used once, which is when its header values are shared) and
-//! reports the process's resident memory per cached key.
+//! store returns them, each then read once as a request reads it) and reports the process's
+//! resident memory per cached key.
 //!
 //! Run: `cargo bench --bench cache_memory` (1,000,000 keys, the size). Under
 //! `cargo test` (no `--bench` argument) it fills 20,000 as a smoke test. A benchmark, not a

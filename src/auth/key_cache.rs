@@ -52,7 +52,16 @@ pub struct KeyCache {
     /// Keys being refreshed ahead of their expiry, or whose refresh failed: when it started
     /// ([`monotonic_ms`]). Small: keys in use during the last quarter of their `ttl`.
     refreshing: Mutex<HashMap<KeyHash, u64>>,
+    /// Refreshes claimed and not yet ended, at most [`MAX_REFRESHES_RUNNING`].
+    refreshes_running: AtomicUsize,
 }
+
+/// The most background refreshes at once. A key that finds them all busy is refreshed by a
+/// later request, or loaded when it expires. Unbounded, a million keys entering their refresh
+/// window together (the 1,000,000-key fill of `benches/load/run zipf`) spawned hundreds of
+/// thousands of loads at once: their tasks took hundreds of MiB (RSS peak 671 MiB) and the
+/// store timed out for requests (503s).
+pub const MAX_REFRESHES_RUNNING: usize = 64;
 
 /// How long after a failed refresh the next one may start.
 pub const REFRESH_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -103,6 +112,7 @@ impl KeyCache {
             seed: RandomState::new(),
             loading: Mutex::default(),
             refreshing: Mutex::default(),
+            refreshes_running: AtomicUsize::new(0),
         }
     }
 
@@ -115,27 +125,31 @@ impl KeyCache {
         // when the caller gives up (a client disconnecting mid-load) and this is dropped.
     }
 
-    /// Claims the refresh of `hash`: false while another runs, or within [`REFRESH_RETRY`]
-    /// of one that failed.
+    /// Claims the refresh of `hash`: false while another runs, within [`REFRESH_RETRY`]
+    /// of one that failed, or while [`MAX_REFRESHES_RUNNING`] run. A claim must be ended.
     pub fn begin_refresh(&self, hash: &KeyHash, now_ms: u64) -> bool {
         let mut refreshing = self.refreshing.lock();
+        // Counted under the lock, so that claims never pass the bound.
+        if self.refreshes_running.load(Ordering::Relaxed) >= MAX_REFRESHES_RUNNING {
+            return false;
+        }
         match refreshing.get_mut(hash) {
-            Some(started) if now_ms.saturating_sub(*started) < retry_ms() => false,
-            Some(started) => {
-                *started = now_ms;
-                true
-            }
+            Some(started) if now_ms.saturating_sub(*started) < retry_ms() => return false,
+            Some(started) => *started = now_ms,
             None => {
                 refreshing.insert(*hash, now_ms);
-                true
             }
         }
+        self.refreshes_running.fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     /// Ends a refresh. A failed one stays claimed until [`REFRESH_RETRY`] has passed.
     pub fn end_refresh(&self, hash: &KeyHash, succeeded: bool) {
+        let mut refreshing = self.refreshing.lock();
+        self.refreshes_running.fetch_sub(1, Ordering::Relaxed);
         if succeeded {
-            self.refreshing.lock().remove(hash);
+            refreshing.remove(hash);
         }
     }
 
@@ -372,6 +386,28 @@ mod tests {
                 epoch: 0,
             },
         }
+    }
+
+    #[test]
+    fn refreshes_are_one_per_key_and_bounded_in_number() {
+        let cache = KeyCache::new(100, policy(60_000));
+        let now = monotonic_ms();
+        assert!(cache.begin_refresh(&hash(0), now));
+        assert!(!cache.begin_refresh(&hash(0), now), "one at a time per key");
+        for n in 1..MAX_REFRESHES_RUNNING {
+            assert!(cache.begin_refresh(&hash(n as u32), now));
+        }
+        let next = hash(MAX_REFRESHES_RUNNING as u32);
+        assert!(!cache.begin_refresh(&next, now), "all running");
+        cache.end_refresh(&hash(0), true);
+        assert!(
+            cache.begin_refresh(&next, now),
+            "one ended, one more may start"
+        );
+        // A failed refresh frees its place but keeps its key claimed until the retry time.
+        cache.end_refresh(&hash(1), false);
+        assert!(!cache.begin_refresh(&hash(1), now));
+        assert!(cache.begin_refresh(&hash(1), now + retry_ms()));
     }
 
     #[test]
