@@ -244,6 +244,30 @@ impl Gateway {
         (gateway, secret)
     }
 
+    /// The header rewrite for `caller`, as `Proxy::forward` builds it for a client that
+    /// used `host` (no upgrade, the upstream's own `Host`).
+    fn rewrite<'a>(
+        &'a self,
+        caller: &'a Caller,
+        request_id: &'a HeaderValue,
+        host: Option<&'a HeaderValue>,
+        tls: bool,
+    ) -> rewrite::RequestHeaders<'a> {
+        rewrite::RequestHeaders {
+            auth: &self.auth,
+            identity: &self.identity,
+            caller,
+            client: ClientSide {
+                ip: self.peer,
+                tls,
+                host,
+            },
+            request_id,
+            upgrade: false,
+            preserve_host: false,
+        }
+    }
+
     /// The key's and its user's rate limits, as after a successful authorize.
     fn admit(&self, principal: &keygate::auth::Principal) {
         self.limits.admit_principal(principal).unwrap();
@@ -306,17 +330,9 @@ impl Gateway {
         )
         .unwrap();
         let plan = rewrite::RequestHeaders {
-            auth: &self.auth,
-            identity: &self.identity,
-            caller: &caller,
-            client: ClientSide {
-                ip: self.peer,
-                tls: true,
-                host: original_host.as_ref(),
-            },
-            request_id: &request_id,
             upgrade,
             preserve_host: route.preserve_host,
+            ..self.rewrite(&caller, &request_id, original_host.as_ref(), true)
         };
         let head = request_head(&plan, &headers, &upstream);
         (upstream, head)
@@ -408,19 +424,7 @@ fn bench(c: &mut Criterion) {
     let caller = gateway.decide(AuthMode::Required, &headers, &require);
     let host = headers.get(HOST).cloned();
     let request_id = rewrite::request_id(&headers);
-    let plan = rewrite::RequestHeaders {
-        auth: &gateway.auth,
-        identity: &gateway.identity,
-        caller: &caller,
-        client: ClientSide {
-            ip: gateway.peer,
-            tls: false,
-            host: host.as_ref(),
-        },
-        request_id: &request_id,
-        upgrade: false,
-        preserve_host: false,
-    };
+    let plan = gateway.rewrite(&caller, &request_id, host.as_ref(), false);
     let upstream: Uri = "http://127.0.0.1:9003/base/v1/items/42?expand=owner"
         .parse()
         .unwrap();
@@ -448,19 +452,7 @@ fn bench(c: &mut Criterion) {
             let request_id = rewrite::request_id(h);
             let caller = gateway.decide(AuthMode::Required, h, &require);
             let host = h.get(HOST).cloned();
-            let plan = rewrite::RequestHeaders {
-                auth: &gateway.auth,
-                identity: &gateway.identity,
-                caller: &caller,
-                client: ClientSide {
-                    ip: gateway.peer,
-                    tls: false,
-                    host: host.as_ref(),
-                },
-                request_id: &request_id,
-                upgrade: false,
-                preserve_host: false,
-            };
+            let plan = gateway.rewrite(&caller, &request_id, host.as_ref(), false);
             request_head(&plan, h, &upstream)
         })
     });
@@ -603,19 +595,7 @@ fn report_allocations(gateway: &Gateway, uri: &Uri, headers: &HeaderMap, require
     let host = headers.get(HOST).cloned();
     let request_id = allocations_per_call(N, || (), |()| rewrite::request_id(headers));
     let id = rewrite::request_id(headers);
-    let plan = rewrite::RequestHeaders {
-        auth: &gateway.auth,
-        identity: &gateway.identity,
-        caller: &caller,
-        client: ClientSide {
-            ip: gateway.peer,
-            tls: true,
-            host: host.as_ref(),
-        },
-        request_id: &id,
-        upgrade: false,
-        preserve_host: false,
-    };
+    let plan = gateway.rewrite(&caller, &id, host.as_ref(), true);
     let upstream_uri = rewrite::upstream_uri(&route.upstream, uri, strip).unwrap();
     let head = allocations_per_call(N, || (), |()| request_head(&plan, headers, &upstream_uri));
     let map = allocations_per_call(

@@ -151,7 +151,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 pub trait HeaderSink {
     fn put(&mut self, name: &HeaderName, value: &HeaderValue);
     /// A value made for this request; `value` is valid as a header value.
-    fn put_bytes(&mut self, name: &HeaderName, value: &[u8]);
+    fn put_bytes(&mut self, name: &HeaderName, value: &[u8]) {
+        self.put_list(name, std::iter::once(value));
+    }
     /// A value made for this request out of `parts` joined by `, ` (a list), each valid as
     /// a header value.
     fn put_list<'p>(&mut self, name: &HeaderName, parts: impl Iterator<Item = &'p [u8]>);
@@ -162,19 +164,10 @@ impl HeaderSink for HeaderMap {
         self.append(name.clone(), value.clone());
     }
 
-    fn put_bytes(&mut self, name: &HeaderName, value: &[u8]) {
-        match HeaderValue::from_bytes(value) {
-            Ok(value) => {
-                self.append(name.clone(), value);
-            }
-            Err(_) => debug_assert!(false, "{name}: made an invalid header value"),
-        }
-    }
-
     fn put_list<'p>(&mut self, name: &HeaderName, parts: impl Iterator<Item = &'p [u8]>) {
         let mut list = Vec::new();
-        for part in parts {
-            if !list.is_empty() {
+        for (i, part) in parts.enumerate() {
+            if i > 0 {
                 list.extend_from_slice(b", ");
             }
             list.extend_from_slice(part);

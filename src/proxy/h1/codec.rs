@@ -66,10 +66,6 @@ impl HeaderSink for HeadWriter<'_> {
         self.put_bytes(name, value.as_bytes());
     }
 
-    fn put_bytes(&mut self, name: &HeaderName, value: &[u8]) {
-        self.put_list(name, std::iter::once(value));
-    }
-
     fn put_list<'p>(&mut self, name: &HeaderName, parts: impl Iterator<Item = &'p [u8]>) {
         self.host_first(Some(name));
         if name == header::EXPECT {
