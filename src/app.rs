@@ -39,7 +39,7 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot open the {:?} store: {e}", config.store.backend))?;
     let verifier = Arc::new(Verifier::new(store.clone(), &config.cache));
-    let usage = Arc::new(Usage::default());
+    let usage = Arc::new(Usage::new(verifier.clone()));
     let proxy = Arc::new(
         Proxy::new(&config, verifier.clone(), usage.clone(), tunnels.clone())
             .map_err(|e| e.to_string())?,

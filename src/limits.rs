@@ -78,7 +78,7 @@ pub fn retry_after_secs(wait: Duration) -> u64 {
 impl RateLimits {
     /// [`admit`](Self::admit) for a caller whose key passed: its key's and owner's limits.
     pub fn admit_principal(&self, principal: &Principal) -> Result<(), Duration> {
-        let (key, user) = (&principal.key, &principal.user);
+        let (key, user) = (&principal.key, principal.user());
         self.admit(
             key.id(),
             key.rate_limit(),

@@ -111,8 +111,8 @@ pub async fn identify(
                 _ => ApiError::Unauthorized("the token is not valid"),
             })?;
     let (tenant, user, key_id) = (
-        principal.user.tenant.to_string(),
-        principal.user.id.to_string(),
+        principal.user().tenant.to_string(),
+        principal.user().id.to_string(),
         principal.key.id().to_owned(),
     );
     let held = principal.permissions();

@@ -402,7 +402,7 @@ pub async fn verify(
         Err(r) => return Ok(Json(refused(r))),
     };
     // Keys outside the caller's reach look like unknown keys.
-    if !caller.can_see(&principal.user.tenant, Some(&principal.user.id)) {
+    if !caller.can_see(&principal.user().tenant, Some(&principal.user().id)) {
         return Ok(Json(refused(Refusal::InvalidKey)));
     }
     let allowed = permissions::satisfies(principal.permissions(), &require);
@@ -415,9 +415,9 @@ pub async fn verify(
         }
         .to_owned(),
         key_id: Some(principal.key.id().to_owned()),
-        tenant: Some(principal.user.tenant.to_string()),
-        user: Some(principal.user.id.to_string()),
-        groups: Some(principal.user.groups.to_vec()),
+        tenant: Some(principal.user().tenant.to_string()),
+        user: Some(principal.user().id.to_string()),
+        groups: Some(principal.user().groups.to_vec()),
         permissions: Some(principal.permissions().to_vec()),
         expires_at: principal.key.expires_at(),
     }))

@@ -49,8 +49,8 @@ pub enum KeyEntry {
 /// entry takes the answer as its new hint.
 #[derive(Clone)]
 pub struct OwnerHint {
-    entry: Arc<UserEntry>,
-    generation: u32,
+    pub(super) entry: Arc<UserEntry>,
+    pub(super) generation: u32,
 }
 
 impl OwnerHint {
@@ -71,18 +71,33 @@ pub struct Stamp {
     pub epoch: u64,
 }
 
-/// The parts of a key record the data plane needs, compact because a million may be cached
-/// (about 70 bytes here plus one buffer), and cheap to clone: one reference count.
+/// The parts of a key record the data plane needs. A request owns its copy: the text sits
+/// inline (a hit copies a few dozen bytes instead of touching a reference count that every
+/// core shares), and the key cache keeps the text in its own arena rather than one heap
+/// allocation per key (see [`KeyCache`]).
 #[derive(Clone)]
 pub struct CachedKey {
-    /// The key's id, its owner's id, the id as a header value when it differs from the id,
-    /// and the name as a header value, back to back: header values are slices of it.
-    text: Arc<[u8]>,
+    facts: KeyFacts,
+    text: KeyText,
+}
+
+/// The key's id, its owner's id, the id as a header value when it differs from the id, and
+/// the name as a header value, back to back: header values are slices of it. Generated ids,
+/// a user id and a short name fit inline.
+pub type KeyText = smallvec::SmallVec<[u8; 128]>;
+
+/// A cached key without its text: where the parts of the text end, and the rest. The key
+/// cache stores this beside the text's place in its arena.
+#[derive(Clone)]
+pub struct KeyFacts {
     id_end: u32,
     owner_end: u32,
-    id_header: (u32, u32),
     name_start: u32,
-    pub enabled: bool,
+    text_len: u32,
+    /// The id needed encoding as a header value: the encoded id sits between the owner
+    /// and the name. Otherwise the id is its own header value.
+    id_encoded: bool,
+    enabled: bool,
     /// Unix milliseconds; `i64::MAX`: never.
     expires_at_ms: i64,
     /// Restriction and rate limit: most keys have neither.
@@ -121,23 +136,35 @@ pub struct CachedUser {
 /// A caller whose key passed every check.
 pub struct Principal {
     pub key: CachedKey,
-    pub user: Arc<CachedUser>,
+    /// The key's hash: where its uses are noted ([`Verifier::note_use`]).
+    hash: KeyHash,
+    /// The owner's cache entry, whose user exists and is active. Held as the entry the key's
+    /// hint shares, not as its user: every key of one user shares both, so each reference
+    /// taken is a count both cores update on one cache line, and a request takes one.
+    owner: Arc<UserEntry>,
     /// Set when the key narrows its owner's permissions.
     narrowed: Option<(Vec<String>, HeaderValue)>,
 }
 
 impl Principal {
+    pub fn user(&self) -> &CachedUser {
+        self.owner
+            .user
+            .as_deref()
+            .expect("a principal is made only for an owner that exists")
+    }
+
     pub fn permissions(&self) -> &[String] {
         match &self.narrowed {
             Some((perms, _)) => perms,
-            None => &self.user.permissions,
+            None => &self.user().permissions,
         }
     }
 
     pub fn permissions_header(&self) -> &HeaderValue {
         match &self.narrowed {
             Some((_, header)) => header,
-            None => &self.user.permissions_header,
+            None => &self.user().permissions_header,
         }
     }
 }
@@ -321,8 +348,33 @@ impl Verifier {
     /// reload. Unchanged settings keep the warm caches.
     pub fn reconfigure(&self, config: &CacheConfig) {
         if self.caches.load().config != *config {
-            self.caches.store(Arc::new(Caches::new(config)));
+            let old = self.caches.swap(Arc::new(Caches::new(config)));
+            // Uses noted in the old cache and not yet written. A request that read the old
+            // caches before the swap and notes its use after this leaves it there: that
+            // one key's `last_used_at` then waits for its next use.
+            self.caches.load().keys.restore_uses(old.keys.take_uses());
         }
+    }
+
+    /// Notes an admitted request of `principal` for its key's `last_used_at`.
+    pub fn note_use(&self, principal: &Principal) {
+        let unix_s = u32::try_from(unix_ms() / 1000).unwrap_or(u32::MAX);
+        self.caches
+            .load()
+            .keys
+            .note_use(&principal.hash, principal.key.id(), unix_s);
+    }
+
+    /// Key uses noted and not yet taken, a part at a time (see [`KeyCache::take_uses_in`]):
+    /// key id and time (whole seconds). `None` past the last part.
+    pub fn take_uses_in(&self, part: usize) -> Option<Vec<(String, DateTime<Utc>)>> {
+        let caches = self.caches.load();
+        (part < caches.keys.use_parts()).then(|| caches.keys.take_uses_in(part))
+    }
+
+    /// Takes back uses that could not be written; the next [`Self::take_uses_in`] has them.
+    pub fn restore_uses(&self, uses: Vec<(String, DateTime<Utc>)>) {
+        self.caches.load().keys.restore_uses(uses);
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -333,7 +385,9 @@ impl Verifier {
     /// to an active user.
     pub async fn verify(self: &Arc<Self>, hash: &KeyHash) -> Result<Principal, Refusal> {
         // One set of caches for the whole decision, even if a reload swaps them meanwhile.
-        let caches = self.caches.load_full();
+        // A guard, not a clone of the `Arc`: its count would be one more cache line that
+        // both cores write on every request.
+        let caches = self.caches.load();
         // One read of the clock for every freshness check of this decision.
         let now_ms = monotonic_ms();
         let (key, owner) = match self.key_entry(&caches, hash, now_ms).await? {
@@ -343,10 +397,10 @@ impl Verifier {
             }
             KeyEntry::Unknown { .. } => return Err(Refusal::InvalidKey),
         };
-        if !key.enabled {
+        if !key.enabled() {
             return Err(Refusal::KeyDisabled);
         }
-        if key.expires_at_ms <= unix_ms() {
+        if key.facts.expires_at_ms <= unix_ms() {
             return Err(Refusal::KeyExpired);
         }
         let user_entry = if self.stands(&owner, &caches.policy, now_ms) {
@@ -354,7 +408,7 @@ impl Verifier {
         } else {
             self.owner_entry(&caches, hash, key.owner(), now_ms).await?
         };
-        let Some(user) = user_entry.user.clone() else {
+        let Some(user) = user_entry.user.as_deref() else {
             return Err(Refusal::InvalidKey);
         };
         if !user.active {
@@ -367,7 +421,8 @@ impl Verifier {
         });
         Ok(Principal {
             key,
-            user,
+            hash: *hash,
+            owner: user_entry,
             narrowed,
         })
     }
@@ -469,11 +524,7 @@ impl Verifier {
             entry: entry.clone(),
             generation,
         };
-        caches.keys.update(hash, |cached| {
-            if let KeyEntry::Known { owner, .. } = cached {
-                *owner = hint;
-            }
-        });
+        caches.keys.set_owner(hash, hint);
         Ok(entry)
     }
 
@@ -782,80 +833,120 @@ impl CachedKey {
     pub fn from_record(record: &KeyRecord) -> Self {
         let id_header = header_text_of(&record.id);
         let name_header = header_text_of(&record.name);
-        let mut text =
-            String::with_capacity(record.id.len() + record.owner.len() + name_header.len() + 8);
-        let offset = |text: &String| u32::try_from(text.len()).expect("ids and names are short");
-        text.push_str(&record.id);
+        let mut text = KeyText::new();
+        let offset = |text: &KeyText| u32::try_from(text.len()).expect("ids and names are short");
+        text.extend_from_slice(record.id.as_bytes());
         let id_end = offset(&text);
-        text.push_str(&record.owner);
+        text.extend_from_slice(record.owner.as_bytes());
         let owner_end = offset(&text);
-        let id_header = match id_header {
-            Cow::Borrowed(_) => (0, id_end),
+        let id_encoded = match id_header {
+            Cow::Borrowed(_) => false,
             Cow::Owned(encoded) => {
-                text.push_str(&encoded);
-                (owner_end, offset(&text))
+                text.extend_from_slice(encoded.as_bytes());
+                true
             }
         };
         let name_start = offset(&text);
-        text.push_str(&name_header);
+        text.extend_from_slice(name_header.as_bytes());
         let limits = (record.permissions.is_some() || record.rate_limit.is_some()).then(|| {
             Arc::new(KeyLimits {
                 restriction: record.permissions.clone().map(Vec::into_boxed_slice),
                 rate_limit: record.rate_limit,
             })
         });
-        Self {
-            text: Arc::from(text.into_bytes()),
+        let facts = KeyFacts {
             id_end,
             owner_end,
-            id_header,
             name_start,
+            text_len: offset(&text),
+            id_encoded,
             enabled: record.enabled,
             expires_at_ms: record
                 .expires_at
                 .map_or(i64::MAX, |at| at.timestamp_millis()),
             limits,
+        };
+        Self { facts, text }
+    }
+
+    /// A key taken apart for the key cache: the text goes to its arena.
+    pub fn into_parts(self) -> (KeyFacts, KeyText) {
+        (self.facts, self.text)
+    }
+
+    /// A key as the key cache stores it: `text` is the text it was taken apart with.
+    pub fn from_parts(facts: KeyFacts, text: &[u8]) -> Self {
+        debug_assert_eq!(text.len(), facts.text_len());
+        Self {
+            facts,
+            text: KeyText::from_slice(text),
         }
     }
 
     pub fn id(&self) -> &str {
-        self.str_at(0..self.id_end)
+        self.str_at(0..self.facts.id_end)
     }
 
     /// The id of the user the key belongs to.
     pub fn owner(&self) -> &str {
-        self.str_at(self.id_end..self.owner_end)
+        self.str_at(self.facts.id_end..self.facts.owner_end)
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.facts.enabled
     }
 
     pub fn expires_at(&self) -> Option<DateTime<Utc>> {
-        (self.expires_at_ms != i64::MAX)
-            .then(|| DateTime::from_timestamp_millis(self.expires_at_ms))
+        (self.facts.expires_at_ms != i64::MAX)
+            .then(|| DateTime::from_timestamp_millis(self.facts.expires_at_ms))
             .flatten()
     }
 
     /// The key's own restriction of its owner's permissions, if any.
     pub fn restriction(&self) -> Option<&[String]> {
-        self.limits.as_ref()?.restriction.as_deref()
+        self.facts.limits.as_ref()?.restriction.as_deref()
     }
 
     pub fn rate_limit(&self) -> Option<&RateLimit> {
-        self.limits.as_ref()?.rate_limit.as_ref()
+        self.facts.limits.as_ref()?.rate_limit.as_ref()
     }
 
     /// The id as header value bytes (made visible ASCII when the key was loaded).
     pub fn id_header_bytes(&self) -> &[u8] {
-        &self.text[self.id_header.0 as usize..self.id_header.1 as usize]
+        let facts = &self.facts;
+        let (start, end) = if facts.id_encoded {
+            (facts.owner_end, facts.name_start)
+        } else {
+            (0, facts.id_end)
+        };
+        &self.text[start as usize..end as usize]
     }
 
     /// The name as header value bytes (made visible ASCII when the key was loaded).
     pub fn name_header_bytes(&self) -> &[u8] {
-        &self.text[self.name_start as usize..]
+        &self.text[self.facts.name_start as usize..]
     }
 
     fn str_at(&self, range: Range<u32>) -> &str {
-        std::str::from_utf8(&self.text[range.start as usize..range.end as usize])
-            .expect("sliced at the boundaries of the strings it was built from")
+        str_at(&self.text, range)
     }
+}
+
+impl KeyFacts {
+    /// The length of the key's text.
+    pub fn text_len(&self) -> usize {
+        self.text_len as usize
+    }
+
+    /// The key's id in `text`, the text it was taken apart with.
+    pub fn id_of<'t>(&self, text: &'t [u8]) -> &'t str {
+        str_at(text, 0..self.id_end)
+    }
+}
+
+fn str_at(text: &[u8], range: Range<u32>) -> &str {
+    std::str::from_utf8(&text[range.start as usize..range.end as usize])
+        .expect("sliced at the boundaries of the strings it was built from")
 }
 
 impl UserEntry {

@@ -224,7 +224,7 @@ impl Proxy {
                     retry_after_secs: retry_after_secs(wait),
                 }
             })?;
-            self.usage.record(principal.key.id());
+            self.usage.record(principal);
         }
         self.forward(state, &route, req, conn, &caller, exchange)
             .await

@@ -845,20 +845,13 @@ impl Store for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::model::samples::{self, key};
     use chrono::Utc;
 
     fn user(id: &str, tenant: &str, groups: &[&str]) -> User {
-        let now = Utc::now();
         User {
-            id: id.to_owned(),
-            tenant: tenant.to_owned(),
-            name: format!("user {id}"),
-            active: true,
             groups: groups.iter().map(|g| (*g).to_owned()).collect(),
-            permissions: vec!["read".to_owned()],
-            created_at: now,
-            updated_at: now,
-            rate_limit: None,
+            ..samples::user(id, tenant)
         }
     }
 
@@ -870,28 +863,6 @@ mod tests {
             permissions: vec![format!("{id}:*")],
             created_at: now,
             updated_at: now,
-        }
-    }
-
-    fn key(id: &str, owner: &str, tenant: &str) -> KeyRecord {
-        let now = Utc::now();
-        KeyRecord {
-            id: id.to_owned(),
-            hash: KeyHash::of(&format!("kg_secret_{id}")),
-            start: "kg_secre".to_owned(),
-            name: format!("key {id}"),
-            description: String::new(),
-            owner: owner.to_owned(),
-            tenant: tenant.to_owned(),
-            enabled: true,
-            created_at: now,
-            updated_at: now,
-            expires_at: None,
-            last_used_at: None,
-            permissions: None,
-            created_by: "test".to_owned(),
-            meta: None,
-            rate_limit: None,
         }
     }
 

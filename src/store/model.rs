@@ -111,3 +111,48 @@ pub struct AuditEntry {
     pub target: String,
     pub tenant: String,
 }
+
+/// Records for tests: active, enabled, no limits, created now.
+#[cfg(test)]
+pub(crate) mod samples {
+    use super::*;
+
+    /// Key `id` of `owner`; its secret is `kg_secret_<id>`.
+    pub fn key(id: &str, owner: &str, tenant: &str) -> KeyRecord {
+        let now = Utc::now();
+        KeyRecord {
+            id: id.to_owned(),
+            hash: KeyHash::of(&format!("kg_secret_{id}")),
+            start: "kg_secre".to_owned(),
+            name: format!("key {id}"),
+            description: String::new(),
+            owner: owner.to_owned(),
+            tenant: tenant.to_owned(),
+            enabled: true,
+            created_at: now,
+            updated_at: now,
+            expires_at: None,
+            last_used_at: None,
+            permissions: None,
+            created_by: "test".to_owned(),
+            meta: None,
+            rate_limit: None,
+        }
+    }
+
+    /// User `id` in no group, with the `read` permission.
+    pub fn user(id: &str, tenant: &str) -> User {
+        let now = Utc::now();
+        User {
+            id: id.to_owned(),
+            tenant: tenant.to_owned(),
+            name: format!("user {id}"),
+            active: true,
+            groups: vec![],
+            permissions: vec!["read".to_owned()],
+            created_at: now,
+            updated_at: now,
+            rate_limit: None,
+        }
+    }
+}
