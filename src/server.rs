@@ -182,6 +182,10 @@ where
     H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<B>, std::convert::Infallible>> + Send + 'static,
 {
+    // Each request holds the token until its response is ready. A clone of the token
+    // itself locks the mutex of the token every listener shares; a clone of this `Arc`
+    // touches a count that only this listener's connections use.
+    let draining = Arc::new(draining);
     move |req, info| ClosingWhenDraining {
         http1: req.version() <= Version::HTTP_11,
         draining: draining.clone(),
@@ -197,7 +201,7 @@ pin_project_lite::pin_project! {
         #[pin]
         response: F,
         http1: bool,
-        draining: CancellationToken,
+        draining: Arc<CancellationToken>,
     }
 }
 

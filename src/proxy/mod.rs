@@ -88,10 +88,10 @@ pub struct Proxy {
 }
 
 /// What happened to one request, for metrics and the access log.
-struct Exchange {
+struct Exchange<'s> {
     request_id: HeaderValue,
     started: Instant,
-    route: Option<Route>,
+    route: Option<&'s Route>,
     /// `ok`, `anonymous`, `unchecked` (auth: none), or the refusal code.
     decision: &'static str,
     key: Option<CachedKey>,
@@ -157,7 +157,6 @@ impl Proxy {
         let elapsed = exchange.started.elapsed();
         let metrics = exchange
             .route
-            .as_ref()
             .map_or(RouteMetrics::unrouted(), |r| &*r.metrics);
         metrics.record_request(response.status(), elapsed);
         if state.access_log {
@@ -167,12 +166,12 @@ impl Proxy {
     }
 
     /// route → authenticate → authorize → rewrite → forward.
-    async fn process(
+    async fn process<'s>(
         &self,
-        state: &ProxyState,
+        state: &'s ProxyState,
         mut req: Request<Incoming>,
         conn: &ConnInfo,
-        exchange: &mut Exchange,
+        exchange: &mut Exchange<'s>,
     ) -> Result<Response<UpstreamBody>, Refusal> {
         if let Some(path) = route::normalize_path(req.uri().path()) {
             replace_path(&mut req, &path)?;
@@ -180,9 +179,8 @@ impl Proxy {
         let route = state
             .router
             .find(req.method(), request_host(&req), req.uri().path())
-            .ok_or(Refusal::NoRoute)?
-            .clone();
-        exchange.route = Some(route.clone());
+            .ok_or(Refusal::NoRoute)?;
+        exchange.route = Some(route);
 
         let ip = conn.peer.ip().to_canonical();
         let failed_auth_limit = state
@@ -226,7 +224,7 @@ impl Proxy {
             })?;
             self.usage.record(principal);
         }
-        self.forward(state, &route, req, conn, &caller, exchange)
+        self.forward(state, route, req, conn, &caller, exchange)
             .await
     }
 
@@ -238,7 +236,7 @@ impl Proxy {
         mut req: Request<Incoming>,
         conn: &ConnInfo,
         caller: &Caller,
-        exchange: &mut Exchange,
+        exchange: &mut Exchange<'_>,
     ) -> Result<Response<UpstreamBody>, Refusal> {
         // Upgrades are an HTTP/1.1 mechanism on both sides; on an HTTP/2 upstream the
         // request goes through as a plain request without its upgrade headers.
@@ -323,7 +321,7 @@ impl Proxy {
 /// timings. The path is logged without its query string, which may carry secrets; the
 /// key appears only as its id.
 fn access_log(
-    x: &Exchange,
+    x: &Exchange<'_>,
     method: &http::Method,
     uri: &Uri,
     conn: &ConnInfo,
@@ -336,7 +334,7 @@ fn access_log(
         client = %conn.peer.ip(),
         method = method.as_str(),
         path = uri.path(),
-        route = x.route.as_ref().map_or("-", |r| &*r.config.name),
+        route = x.route.map_or("-", |r| &*r.config.name),
         status = status.as_u16(),
         decision = x.decision,
         key_id = x.key.as_ref().map_or("-", |k| k.id()),
