@@ -5,8 +5,10 @@
 //! so the map holds only clients that are near a limit.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
 use crate::auth::Principal;
@@ -49,18 +51,23 @@ impl Bucket {
         }
     }
 
-    fn refill(&mut self, now: Instant) {
+    fn tokens_at(&self, now: Instant) -> f64 {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
+        (self.tokens + elapsed * self.rate).min(self.capacity)
+    }
+
+    fn refill(&mut self, now: Instant) {
+        self.tokens = self.tokens_at(now);
         self.updated = now;
     }
 
-    /// How long until one token is there (zero when one is).
-    fn wait(&self) -> Duration {
-        if self.tokens >= 1.0 {
+    /// How long from `now` until one token is there (zero when one is).
+    fn wait_at(&self, now: Instant) -> Duration {
+        let tokens = self.tokens_at(now);
+        if tokens >= 1.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+            Duration::from_secs_f64((1.0 - tokens) / self.rate)
         }
     }
 }
@@ -68,6 +75,10 @@ impl Bucket {
 #[derive(Default)]
 pub struct RateLimits {
     buckets: DashMap<Subject, Bucket>,
+    /// How many buckets of failed authentications there are. Every request on a key route
+    /// checks its client's; with none, the usual case, the check is this one read instead
+    /// of a map lookup, whose shard lock every request from one address took on both cores.
+    failed_auth_buckets: AtomicUsize,
 }
 
 /// A refusal's `Retry-After`, in whole seconds (at least 1).
@@ -116,6 +127,11 @@ impl RateLimits {
 
     /// Whether this client has used up its failed-authentication budget.
     pub fn failed_auth_blocked(&self, ip: IpAddr, limit: &RateLimit) -> Result<(), Duration> {
+        // A bucket counted after its insert: a check that races a client's first failure
+        // passes, as it would have a moment earlier.
+        if self.failed_auth_buckets.load(Ordering::Acquire) == 0 {
+            return Ok(());
+        }
         let wait = self.peek(&Subject::FailedAuth(ip), limit, Instant::now());
         if wait.is_zero() {
             Ok(())
@@ -133,10 +149,17 @@ impl RateLimits {
     /// Drops buckets that have refilled completely: they hold nothing worth remembering.
     pub fn sweep(&self) {
         let now = Instant::now();
-        self.buckets.retain(|_, b| {
+        let mut failed_auth_dropped = 0;
+        self.buckets.retain(|subject, b| {
             b.refill(now);
-            b.tokens < b.capacity
+            let keep = b.tokens < b.capacity;
+            if !keep && matches!(subject, Subject::FailedAuth(_)) {
+                failed_auth_dropped += 1;
+            }
+            keep
         });
+        self.failed_auth_buckets
+            .fetch_sub(failed_auth_dropped, Ordering::Release);
     }
 
     pub fn len(&self) -> usize {
@@ -148,20 +171,25 @@ impl RateLimits {
     }
 
     fn peek(&self, subject: &Subject, limit: &RateLimit, now: Instant) -> Duration {
-        match self.buckets.get_mut(subject) {
-            Some(mut bucket) => {
-                bucket.refill(now);
-                bucket.wait()
-            }
-            None => Bucket::new(limit, now).wait(),
+        // Read only: the shard's read lock, which checks on both cores share.
+        match self.buckets.get(subject) {
+            Some(bucket) => bucket.wait_at(now),
+            None => Bucket::new(limit, now).wait_at(now),
         }
     }
 
     fn take(&self, subject: Subject, limit: &RateLimit, now: Instant) {
-        let mut bucket = self
-            .buckets
-            .entry(subject)
-            .or_insert_with(|| Bucket::new(limit, now));
+        let mut bucket = match self.buckets.entry(subject) {
+            Entry::Occupied(entry) => entry.into_ref(),
+            Entry::Vacant(entry) => {
+                let failed_auth = matches!(entry.key(), Subject::FailedAuth(_));
+                let bucket = entry.insert(Bucket::new(limit, now));
+                if failed_auth {
+                    self.failed_auth_buckets.fetch_add(1, Ordering::Release);
+                }
+                bucket
+            }
+        };
         // A changed limit on the record applies from the next request on.
         let fresh = Bucket::new(limit, now);
         if bucket.capacity != fresh.capacity || bucket.rate != fresh.rate {
@@ -242,6 +270,27 @@ mod tests {
             .is_ok());
         std::thread::sleep(Duration::from_millis(120));
         assert!(limits.failed_auth_blocked(ip, &limit).is_ok(), "refilled");
+    }
+
+    #[test]
+    fn a_client_whose_failures_are_forgotten_is_checked_without_a_lookup_again() {
+        let limits = RateLimits::default();
+        let limit = per(1, Duration::from_millis(50));
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        limits.failed_auth(ip, &limit);
+        limits.failed_auth(ip, &limit);
+        assert_eq!(limits.failed_auth_buckets.load(Ordering::Acquire), 1);
+        assert!(limits.failed_auth_blocked(ip, &limit).is_err());
+        std::thread::sleep(Duration::from_millis(80));
+        limits.sweep();
+        assert!(limits.is_empty());
+        assert_eq!(limits.failed_auth_buckets.load(Ordering::Acquire), 0);
+        assert!(limits.failed_auth_blocked(ip, &limit).is_ok());
+        // Buckets of keys and users are not counted.
+        assert!(limits.admit("k", Some(&limit), "u", Some(&limit)).is_ok());
+        assert_eq!(limits.failed_auth_buckets.load(Ordering::Acquire), 0);
+        limits.failed_auth(ip, &limit);
+        assert!(limits.failed_auth_blocked(ip, &limit).is_err());
     }
 
     #[test]
