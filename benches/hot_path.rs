@@ -31,7 +31,6 @@ use keygate::proxy::route::{self, Router};
 use keygate::store::embedded::EmbeddedStore;
 use keygate::store::{Group, KeyRecord, RateLimit, Store, User};
 use keygate::telemetry;
-use keygate::usage::Usage;
 use mimalloc::MiMalloc;
 use tokio::runtime::Runtime;
 
@@ -211,7 +210,7 @@ struct Gateway {
     auth: Authenticator,
     identity: IdentityHeaders,
     /// Where `last_used_at` is noted per request (no flusher runs here).
-    usage: Usage,
+    verifier: Arc<Verifier>,
     /// The token buckets; the seeded key and user have no limits of their own, so per
     /// request this is the failed-authentication check of the client IP (on by default).
     limits: RateLimits,
@@ -235,7 +234,7 @@ impl Gateway {
             router: Router::new(&config.routes),
             auth: Authenticator::new(&config, verifier.clone()),
             identity: IdentityHeaders::new(&config.identity.header_prefix),
-            usage: Usage::new(verifier),
+            verifier,
             limits: RateLimits::default(),
             failed_auth_per_ip: config.failed_auth_per_ip,
             peer: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)),
@@ -318,7 +317,7 @@ impl Gateway {
         let caller = self.decide(route.auth, &headers, &route.require);
         if let Caller::Key(principal) = &caller {
             self.admit(principal);
-            self.usage.record(principal);
+            self.verifier.note_use(principal);
         }
         // The request is HTTP/1.1, so an upgrade is possible unless the upstream speaks h2.
         let upgrade = !route.upstream_http2 && rewrite::wants_upgrade(&headers);
@@ -457,18 +456,19 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    // The per-request rate-limit work for a key and user without limits of their own: the
-    // client IP's failed-authentication budget (a lookup in a sharded map), then `admit`.
     let Caller::Key(principal) = gateway.decide(AuthMode::Required, &headers, &require) else {
         panic!("a key was presented");
     };
 
     // The per-request `last_used_at` note: a clock read, a lookup of the key's slot and an
     // atomic store once a second.
-    gateway.usage.record(&principal);
+    gateway.verifier.note_use(&principal);
     c.bench_function("usage_record", |b| {
-        b.iter(|| gateway.usage.record(black_box(&principal)))
+        b.iter(|| gateway.verifier.note_use(black_box(&principal)))
     });
+    // The per-request rate-limit work for a key and user without limits of their own: the
+    // client IP's failed-authentication budget (one atomic read while no client has a
+    // bucket), then `admit`.
     let limit = gateway.failed_auth_per_ip.expect("on by default");
     c.bench_function("rate_limit_checks", |b| {
         b.iter(|| {
@@ -567,7 +567,7 @@ fn report_allocations(gateway: &Gateway, uri: &Uri, headers: &HeaderMap, require
     let Caller::Key(principal) = &caller else {
         panic!("a key was presented");
     };
-    let usage = allocations_per_call(N, || (), |()| gateway.usage.record(principal));
+    let usage = allocations_per_call(N, || (), |()| gateway.verifier.note_use(principal));
     let limit = gateway.failed_auth_per_ip.expect("on by default");
     let limits = allocations_per_call(
         N,
@@ -610,7 +610,7 @@ fn report_allocations(gateway: &Gateway, uri: &Uri, headers: &HeaderMap, require
     eprintln!(
         "allocations per request (warm cache, mean of {N}): key_check {check}, key_hash {hash}, \
          authenticate+authorize {decide}, rate limits {limits}, \
-         Usage::record {usage}, \
+         Verifier::note_use {usage}, \
          upstream_uri {upstream}, request_id {request_id}, \
          rewrite into the request head {head} (of the header map, for hyper's client: {map}); \
          full_request_path {full}"

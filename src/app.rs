@@ -19,7 +19,7 @@ use crate::status::{Health, Status};
 use crate::store::{self, Store};
 use crate::telemetry;
 use crate::tls::ServerTls;
-use crate::usage::{self, Usage};
+use crate::usage;
 use crate::workers::{self, ProxyWorkers, WorkerSettings};
 
 /// The status listener keeps answering (`/readyz` 503) while the proxy drains; it gets this
@@ -39,10 +39,8 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot open the {:?} store: {e}", config.store.backend))?;
     let verifier = Arc::new(Verifier::new(store.clone(), &config.cache));
-    let usage = Arc::new(Usage::new(verifier.clone()));
     let proxy = Arc::new(
-        Proxy::new(&config, verifier.clone(), usage.clone(), tunnels.clone())
-            .map_err(|e| e.to_string())?,
+        Proxy::new(&config, verifier.clone(), tunnels.clone()).map_err(|e| e.to_string())?,
     );
 
     // Background work stopped after the listeners drain: events, usage, store watch.
@@ -141,7 +139,7 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
     ));
 
     background.push(tokio::spawn(usage::run_flusher(
-        usage,
+        verifier.clone(),
         store.clone(),
         stop_background.clone(),
     )));

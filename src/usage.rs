@@ -1,6 +1,7 @@
-//! `last_used_at`: an admitted request notes its key's use in the key's cache slot (an
-//! atomic store at most once a second per key: no lock held for writing, no allocation, no
-//! I/O), and a background task collects the notes and writes them to the store in batches.
+//! `last_used_at`: an admitted request notes its key's use in the key's cache slot
+//! ([`Verifier::note_use`]: an atomic store at most once a second per key, no lock held for
+//! writing, no allocation, no I/O), and the task here collects the notes and writes them to
+//! the store in batches.
 //!
 //! The notes used to be a map from key id to time beside the cache: an allocation and a
 //! map write per key and flush interval, a lock both cores took on every request, and, with
@@ -11,10 +12,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Principal, Verifier};
+use crate::auth::Verifier;
 use crate::store::Store;
 
 /// How often uses are written to the store: `last_used_at` may lag by this much.
@@ -25,41 +25,14 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 /// it for about half a second.
 pub const FLUSH_BATCH: usize = 500;
 
-/// Where requests note key uses, and where the flusher collects them.
-pub struct Usage {
-    verifier: Arc<Verifier>,
-}
-
-impl Usage {
-    pub fn new(verifier: Arc<Verifier>) -> Self {
-        Self { verifier }
-    }
-
-    /// Notes an admitted request of `principal` (its time, in whole seconds).
-    pub fn record(&self, principal: &Principal) {
-        self.verifier.note_use(principal);
-    }
-
-    /// Removes and returns the uses noted in one part of the key cache: key id and time.
-    /// `None` past the last part.
-    pub fn take_part(&self, part: usize) -> Option<Vec<(String, DateTime<Utc>)>> {
-        self.verifier.take_uses_in(part)
-    }
-
-    /// Puts back uses that could not be written; the store keeps the latest of any times.
-    fn restore(&self, uses: Vec<(String, DateTime<Utc>)>) {
-        self.verifier.restore_uses(uses);
-    }
-}
-
 /// Writes noted uses every [`FLUSH_INTERVAL`] and once more on `stop`.
-pub async fn run_flusher(usage: Arc<Usage>, store: Arc<dyn Store>, stop: CancellationToken) {
+pub async fn run_flusher(verifier: Arc<Verifier>, store: Arc<dyn Store>, stop: CancellationToken) {
     loop {
         let stopping = tokio::select! {
             () = tokio::time::sleep(FLUSH_INTERVAL) => false,
             () = stop.cancelled() => true,
         };
-        write_uses(&usage, store.as_ref(), FLUSH_BATCH).await;
+        write_uses(&verifier, store.as_ref(), FLUSH_BATCH).await;
         if stopping {
             return;
         }
@@ -71,14 +44,14 @@ pub async fn run_flusher(usage: Arc<Usage>, store: Arc<dyn Store>, stop: Cancell
 /// 1,000,000-key fill's flush, built at once, left the gateway 55 MiB larger: 325.7 against
 /// 271.1 MiB). After a failed call, the part's uses not yet written are put back, and the
 /// parts not reached keep theirs: the next round writes them.
-async fn write_uses(usage: &Usage, store: &dyn Store, batch: usize) {
+async fn write_uses(verifier: &Verifier, store: &dyn Store, batch: usize) {
     let mut part = 0;
-    while let Some(mut uses) = usage.take_part(part) {
+    while let Some(mut uses) = verifier.take_uses_in(part) {
         for (n, chunk) in uses.chunks(batch).enumerate() {
             if let Err(e) = store.touch_keys(chunk).await {
                 let unwritten = uses.split_off(n * batch);
                 tracing::warn!(error = %e, keys = unwritten.len(), "could not record key usage; will retry");
-                usage.restore(unwritten);
+                verifier.restore_uses(unwritten);
                 return;
             }
         }
@@ -116,15 +89,14 @@ mod tests {
         )
         .unwrap();
         let verifier = Arc::new(Verifier::new(store.clone(), &config.cache));
-        let usage = Usage::new(verifier.clone());
         // Key 4 is never used.
         for key in &keys[..4] {
             let principal = verifier.verify(&key.hash).await.ok().unwrap();
-            usage.record(&principal);
+            verifier.note_use(&principal);
         }
         // Two keys per store call: three calls for four keys.
-        write_uses(&usage, store.as_ref(), 2).await;
-        let left = (0..).map_while(|part| usage.take_part(part));
+        write_uses(&verifier, store.as_ref(), 2).await;
+        let left = (0..).map_while(|part| verifier.take_uses_in(part));
         assert_eq!(left.flatten().count(), 0, "everything noted was taken");
         for n in 0..5 {
             let key = store.get_key(&format!("key_{n}")).await.unwrap().unwrap();

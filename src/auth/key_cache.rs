@@ -300,8 +300,9 @@ impl KeyCache {
         let shard = self.shard(h).read();
         if let Some(i) = shard.position(h, hash) {
             let noted = &shard.slots[i as usize].last_use_s;
-            // Relaxed: collected under the shard's lock. Stored only when the second moves,
-            // so that a key in use by both cores does not bounce its slot between them.
+            // Relaxed: the note publishes nothing else, and collection swaps it out
+            // atomically. Stored only when the second moves, so that a key in use by both
+            // cores does not bounce its slot between them.
             if noted.load(Ordering::Relaxed) < unix_s {
                 noted.store(unix_s, Ordering::Relaxed);
             }
@@ -313,29 +314,23 @@ impl KeyCache {
 
     /// Every use noted and not yet collected, as key id and time; the notes are cleared.
     pub fn take_uses(&self) -> Vec<(String, DateTime<Utc>)> {
-        (0..self.use_parts())
-            .flat_map(|part| self.take_uses_in(part))
+        (0..)
+            .map_while(|part| self.take_uses_in(part))
+            .flatten()
             .collect()
     }
 
-    /// How many parts [`KeyCache::take_uses_in`] collects from: the uses of keys that left,
-    /// then one part per shard. Collected a part at a time, so that a million keys in use
-    /// are never all in one list (their notes are written a part at a time, too).
-    pub fn use_parts(&self) -> usize {
-        1 + self.shards.len()
-    }
-
-    /// The uses noted in `part` and not yet collected (none past the last part).
-    pub fn take_uses_in(&self, part: usize) -> Vec<(String, DateTime<Utc>)> {
+    /// The uses noted in `part` and not yet collected; `None` past the last part. Part 0
+    /// holds the uses of keys that left, then comes one part per shard: collected a part at
+    /// a time, a million keys in use are never all in one list (and are written a part at
+    /// a time, too).
+    pub fn take_uses_in(&self, part: usize) -> Option<Vec<(String, DateTime<Utc>)>> {
         let at = |(id, unix_s): (Box<str>, u32)| Some((id.into_string(), unix_time(unix_s)?));
         let Some(shard) = part.checked_sub(1) else {
             let left = std::mem::take(&mut *self.left_uses.lock());
-            return left.into_iter().filter_map(at).collect();
+            return Some(left.into_iter().filter_map(at).collect());
         };
-        let Some(lock) = self.shards.get(shard) else {
-            return Vec::new();
-        };
-        let shard = lock.read();
+        let shard = self.shards.get(shard)?.read();
         let mut uses = Vec::new();
         for slot in &shard.slots {
             // A use noted after the swap stays for the next collection.
@@ -348,7 +343,7 @@ impl KeyCache {
                 uses.push((id.to_owned(), at));
             }
         }
-        uses
+        Some(uses)
     }
 
     /// Takes back uses that could not be written; the next collection returns them.

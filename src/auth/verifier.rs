@@ -368,8 +368,7 @@ impl Verifier {
     /// Key uses noted and not yet taken, a part at a time (see [`KeyCache::take_uses_in`]):
     /// key id and time (whole seconds). `None` past the last part.
     pub fn take_uses_in(&self, part: usize) -> Option<Vec<(String, DateTime<Utc>)>> {
-        let caches = self.caches.load();
-        (part < caches.keys.use_parts()).then(|| caches.keys.take_uses_in(part))
+        self.caches.load().keys.take_uses_in(part)
     }
 
     /// Takes back uses that could not be written; the next [`Self::take_uses_in`] has them.

@@ -32,7 +32,6 @@ use crate::limits::{retry_after_secs, RateLimits};
 use crate::server::ConnInfo;
 use crate::store::RateLimit;
 use crate::telemetry::RouteMetrics;
-use crate::usage::Usage;
 use forward::{ForwardError, UpstreamBody, Upstreams, Via};
 pub use refusal::Refusal;
 use rewrite::ClientSide;
@@ -80,7 +79,6 @@ impl ProxyState {
 pub struct Proxy {
     state: ArcSwap<ProxyState>,
     verifier: Arc<Verifier>,
-    usage: Arc<Usage>,
     /// Kept across reloads: budgets are not reset by a config change.
     limits: Arc<RateLimits>,
     /// Upgraded connections (WebSocket) outlive their request; shutdown waits for them here.
@@ -99,17 +97,11 @@ struct Exchange<'s> {
 }
 
 impl Proxy {
-    pub fn new(
-        config: &Config,
-        verifier: Arc<Verifier>,
-        usage: Arc<Usage>,
-        tunnels: TaskTracker,
-    ) -> io::Result<Self> {
+    pub fn new(config: &Config, verifier: Arc<Verifier>, tunnels: TaskTracker) -> io::Result<Self> {
         let state = ProxyState::build(config, verifier.clone(), None)?;
         Ok(Self {
             state: ArcSwap::from_pointee(state),
             verifier,
-            usage,
             limits: Arc::new(RateLimits::default()),
             tunnels,
         })
@@ -222,7 +214,7 @@ impl Proxy {
                     retry_after_secs: retry_after_secs(wait),
                 }
             })?;
-            self.usage.record(principal);
+            self.verifier.note_use(principal);
         }
         self.forward(state, route, req, conn, &caller, exchange)
             .await
