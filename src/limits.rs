@@ -90,6 +90,10 @@ impl RateLimits {
     /// [`admit`](Self::admit) for a caller whose key passed: its key's and owner's limits.
     pub fn admit_principal(&self, principal: &Principal) -> Result<(), Duration> {
         let (key, user) = (&principal.key, principal.user());
+        if key.rate_limit().is_none() && user.rate_limit.is_none() {
+            // The common case, without a clock reading or the key id's UTF-8 check.
+            return Ok(());
+        }
         self.admit(
             key.id(),
             key.rate_limit(),

@@ -128,7 +128,7 @@ impl ProxyWorkers {
                         };
                         tokio::spawn(keep_next_wake_near());
                         let handler = move |req, conn| proxy.clone().handle(req, conn);
-                        server::serve("proxy", listener, options, handler, draining, stop, grace)
+                        server::serve_proxy(listener, options, handler, draining, stop, grace)
                             .await;
                         let _ = done.send(());
                         // Tunnels opened here run on this loop: keep it until released.

@@ -294,8 +294,9 @@ impl KeyCache {
     }
 
     /// Notes an admitted use of the key `id` (hash `hash`) at `unix_s` seconds. Cached keys
-    /// (all but those evicted since their request read them) note it in their slot.
-    pub fn note_use(&self, hash: &KeyHash, id: &str, unix_s: u32) {
+    /// (all but those evicted since their request read them) note it in their slot; `id` is
+    /// asked for only otherwise (taking it from a `CachedKey` checks its UTF-8 again).
+    pub fn note_use<'k>(&self, hash: &KeyHash, id: impl FnOnce() -> &'k str, unix_s: u32) {
         let h = self.index_hash(hash);
         let shard = self.shard(h).read();
         if let Some(i) = shard.position(h, hash) {
@@ -309,7 +310,7 @@ impl KeyCache {
             return;
         }
         drop(shard);
-        self.left_uses.lock().push((id.into(), unix_s));
+        self.left_uses.lock().push((id().into(), unix_s));
     }
 
     /// Every use noted and not yet collected, as key id and time; the notes are cleared.
@@ -750,16 +751,16 @@ mod tests {
         for n in 1..=3 {
             cache.insert(hash(n), known(n));
         }
-        cache.note_use(&hash(1), "key_1", 1_000);
-        cache.note_use(&hash(1), "key_1", 1_005);
-        cache.note_use(&hash(1), "key_1", 1_002); // an older clock reading is not kept
-        cache.note_use(&hash(2), "key_2", 1_000);
-        cache.note_use(&hash(3), "key_3", 1_000);
+        cache.note_use(&hash(1), || "key_1", 1_000);
+        cache.note_use(&hash(1), || "key_1", 1_005);
+        cache.note_use(&hash(1), || "key_1", 1_002); // an older clock reading is not kept
+        cache.note_use(&hash(2), || "key_2", 1_000);
+        cache.note_use(&hash(3), || "key_3", 1_000);
         // Key 1 reloaded, key 2 revoked, key 3 evicted by a new key: each note moves out of
         // its slot. A key evicted before its request noted its use is noted all the same.
         cache.insert(hash(1), known(1));
         cache.invalidate(&hash(2));
-        cache.note_use(&hash(4), "key_4", 1_001);
+        cache.note_use(&hash(4), || "key_4", 1_001);
         cache.insert(hash(5), known(5));
         // Keys 1 (just reloaded) and 5 (read) have their second chance: CLOCK evicts key 3.
         assert!(cache.get(&hash(5)).is_some());
@@ -782,7 +783,7 @@ mod tests {
         );
         assert!(cache.take_uses().is_empty(), "taken once");
         // Noted in a slot, taken, then a write failed: the next collection has it again.
-        cache.note_use(&hash(6), "key_6", 1_010);
+        cache.note_use(&hash(6), || "key_6", 1_010);
         let failed = cache.take_uses();
         cache.restore_uses(failed);
         assert_eq!(taken(&cache), expected(&[("key_6", 1_010)]));

@@ -362,7 +362,7 @@ impl Verifier {
         self.caches
             .load()
             .keys
-            .note_use(&principal.hash, principal.key.id(), unix_s);
+            .note_use(&principal.hash, || principal.key.id(), unix_s);
     }
 
     /// Key uses noted and not yet taken, a part at a time (see [`KeyCache::take_uses_in`]):

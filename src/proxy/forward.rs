@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use super::h1::{H1Client, HeadWriter, ResponseBody, UpstreamRequest};
 use super::rewrite::RequestHeaders;
 use crate::config::UpstreamConfig;
+use crate::server::RequestBody;
 
 type Connector = HttpsConnector<HttpConnector>;
 
@@ -45,8 +46,8 @@ pub enum Via {
 /// One connection pool per protocol choice; routes share them, keyed by upstream authority.
 pub struct Upstreams {
     direct: H1Client,
-    negotiated: Client<Connector, Incoming>,
-    http2_only: Client<Connector, Incoming>,
+    negotiated: Client<Connector, RequestBody>,
+    http2_only: Client<Connector, RequestBody>,
 }
 
 impl Upstreams {
@@ -65,7 +66,7 @@ impl Upstreams {
     /// client, edited in the request for hyper's.
     pub async fn send(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         rewrite: &RequestHeaders<'_>,
         via: Via,
         timeout: Duration,
@@ -91,7 +92,7 @@ impl Upstreams {
 
     async fn send_direct(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         rewrite: &RequestHeaders<'_>,
     ) -> Result<Response<UpstreamBody>, ForwardError> {
         let (parts, body) = req.into_parts();
@@ -152,7 +153,7 @@ fn client(
     cfg: &UpstreamConfig,
     tls: rustls::ClientConfig,
     http2_only: bool,
-) -> Client<Connector, Incoming> {
+) -> Client<Connector, RequestBody> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);

@@ -17,12 +17,12 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
+use crate::server::RequestBody;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::Scheme;
 use http::{Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::verifier::CachedKey;
@@ -92,6 +92,7 @@ struct Exchange<'s> {
     route: Option<&'s Route>,
     /// `ok`, `anonymous`, `unchecked` (auth: none), or the refusal code.
     decision: &'static str,
+    /// For the access log only (left out when it is off).
     key: Option<CachedKey>,
     upstream: Option<Duration>,
 }
@@ -125,7 +126,7 @@ impl Proxy {
     /// The hyper service entry point: never fails, every outcome is a response.
     pub async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         conn: ConnInfo,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let state = self.state.load_full();
@@ -137,8 +138,11 @@ impl Proxy {
             key: None,
             upstream: None,
         };
-        // Cheap clones (shared bytes) for the access log: the request itself moves upstream.
-        let (method, uri) = (req.method().clone(), req.uri().clone());
+        // For the access log (the request itself moves upstream): shared bytes, but still
+        // a reference count per part, so taken only when the log is on.
+        let logged = state
+            .access_log
+            .then(|| (req.method().clone(), req.uri().clone()));
         let mut response = match self.process(&state, req, &conn, &mut exchange).await {
             Ok(response) => response.map(Either::Left),
             Err(refusal) => refusal::render(&refusal, &exchange.request_id).map(Either::Right),
@@ -151,8 +155,8 @@ impl Proxy {
             .route
             .map_or(RouteMetrics::unrouted(), |r| &*r.metrics);
         metrics.record_request(response.status(), elapsed);
-        if state.access_log {
-            access_log(&exchange, &method, &uri, &conn, response.status(), elapsed);
+        if let Some((method, uri)) = &logged {
+            access_log(&exchange, method, uri, &conn, response.status(), elapsed);
         }
         Ok(response)
     }
@@ -161,7 +165,7 @@ impl Proxy {
     async fn process<'s>(
         &self,
         state: &'s ProxyState,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         conn: &ConnInfo,
         exchange: &mut Exchange<'s>,
     ) -> Result<Response<UpstreamBody>, Refusal> {
@@ -207,7 +211,10 @@ impl Proxy {
         };
         authorized?;
         if let Caller::Key(principal) = &caller {
-            exchange.key = Some(principal.key.clone());
+            if state.access_log {
+                // Only the access log names the key: no copy of it otherwise.
+                exchange.key = Some(principal.key.clone());
+            }
             self.limits.admit_principal(principal).map_err(|wait| {
                 exchange.decision = "rate_limited";
                 Refusal::RateLimited {
@@ -225,7 +232,7 @@ impl Proxy {
         &self,
         state: &ProxyState,
         route: &Route,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         conn: &ConnInfo,
         caller: &Caller,
         exchange: &mut Exchange<'_>,

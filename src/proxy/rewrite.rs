@@ -343,6 +343,29 @@ pub fn upstream_uri(
     strip: Option<&str>,
 ) -> Result<Uri, http::Error> {
     let path = original.path();
+    let pq = match original.path_and_query() {
+        // The usual route (no base path, no prefix to strip): the client's target as it is,
+        // shared rather than copied and parsed again.
+        Some(pq) if target.base_path.is_empty() && strip.is_none() && path.starts_with('/') => {
+            pq.clone()
+        }
+        _ => rebuilt_target(target, original, strip)?,
+    };
+    Uri::builder()
+        .scheme(target.scheme.clone())
+        .authority(target.authority.clone())
+        .path_and_query(pq)
+        .build()
+}
+
+/// The upstream's base path, then the client's path without the stripped prefix, then the
+/// client's query.
+fn rebuilt_target(
+    target: &UpstreamTarget,
+    original: &Uri,
+    strip: Option<&str>,
+) -> Result<PathAndQuery, http::Error> {
+    let path = original.path();
     let path = match strip {
         Some(prefix) => path
             .strip_prefix(prefix.trim_end_matches('/'))
@@ -361,11 +384,7 @@ pub fn upstream_uri(
         pq.push('?');
         pq.push_str(q);
     }
-    Uri::builder()
-        .scheme(target.scheme.clone())
-        .authority(target.authority.clone())
-        .path_and_query(PathAndQuery::try_from(pq)?)
-        .build()
+    Ok(PathAndQuery::try_from(pq)?)
 }
 
 #[cfg(test)]
@@ -806,5 +825,12 @@ mod tests {
             upstream_uri(&root, &exact, Some("/api")).unwrap(),
             "http://up:9000/"
         );
+        // Nothing to join or strip: the client's target goes as it is, query included.
+        assert_eq!(
+            upstream_uri(&root, &uri, None).unwrap(),
+            "http://up:9000/api/v1/items?x=1&y=%20"
+        );
+        let bare: Uri = "/".parse().unwrap();
+        assert_eq!(upstream_uri(&root, &bare, None).unwrap(), "http://up:9000/");
     }
 }

@@ -2,11 +2,13 @@
 //! response head we read (RFC 9112 §§3-6), and how the response body is framed.
 
 use std::io::Write;
+use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
 use http::{Method, Response, StatusCode, Version};
+use smallvec::SmallVec;
 
 use super::H1Error;
 use crate::proxy::rewrite::HeaderSink;
@@ -120,7 +122,7 @@ pub fn encode_request_head(
     framing
 }
 
-/// Appends one chunk of a chunked request body.
+/// Appends one chunk of a chunked body (requests to upstreams, responses to clients).
 pub fn encode_chunk(out: &mut Vec<u8>, data: &[u8]) {
     if data.is_empty() {
         return; // an empty chunk would end the body
@@ -159,35 +161,55 @@ pub fn parse_response_head(
 ) -> Result<Option<ResponseHead>, H1Error> {
     loop {
         // (name, start, end) of each value within the head, to slice once it is frozen.
-        let mut found: Vec<(HeaderName, usize, usize)>;
-        let (len, status, version) = {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-            let mut parsed = httparse::Response::new(&mut headers);
-            let len = match parsed.parse(buf) {
-                Ok(httparse::Status::Complete(len)) => len,
-                Ok(httparse::Status::Partial) => return Ok(None),
-                Err(httparse::Error::TooManyHeaders) => {
-                    return Err(H1Error::Protocol("too many response headers"))
+        let mut found: SmallVec<[(HeaderName, usize, usize); 16]> = SmallVec::new();
+        // Noted on the way, so that framing and reuse need no lookups in the map.
+        let (mut chunked_or_coded, mut says_close) = (false, false);
+        let (len, status, version) =
+            {
+                // Uninitialised: zeroing 128 slots cost more than parsing a typical head.
+                let mut slots =
+                    [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
+                let mut parsed = httparse::Response::new(&mut []);
+                let len = match httparse::ParserConfig::default()
+                    .parse_response_with_uninit_headers(&mut parsed, buf, &mut slots)
+                {
+                    Ok(httparse::Status::Complete(len)) => len,
+                    Ok(httparse::Status::Partial) => return Ok(None),
+                    Err(httparse::Error::TooManyHeaders) => {
+                        return Err(H1Error::Protocol("too many response headers"))
+                    }
+                    Err(_) => return Err(H1Error::Protocol("malformed response head")),
+                };
+                let code = parsed.code.unwrap_or_default();
+                let status = StatusCode::from_u16(code)
+                    .map_err(|_| H1Error::Protocol("invalid status code"))?;
+                let version = match parsed.version {
+                    Some(1) => Version::HTTP_11,
+                    _ => Version::HTTP_10,
+                };
+                let base = buf.as_ptr() as usize;
+                for h in parsed.headers.iter() {
+                    let name = HeaderName::from_bytes(h.name.as_bytes())
+                        .map_err(|_| H1Error::Protocol("invalid response header name"))?;
+                    match name {
+                        header::TRANSFER_ENCODING => chunked_or_coded = true,
+                        header::CONNECTION => {
+                            says_close |= has_close(h.value);
+                            // Options only (nginx's `keep-alive`): about this connection and
+                            // naming no other header, so left out now rather than removed from
+                            // the map by the hop-by-hop pass.
+                            if only_connection_options(h.value) {
+                                continue;
+                            }
+                        }
+                        _ if name == KEEP_ALIVE => continue, // hop-by-hop, names nothing
+                        _ => {}
+                    }
+                    let start = h.value.as_ptr() as usize - base;
+                    found.push((name, start, start + h.value.len()));
                 }
-                Err(_) => return Err(H1Error::Protocol("malformed response head")),
+                (len, status, version)
             };
-            let code = parsed.code.unwrap_or_default();
-            let status =
-                StatusCode::from_u16(code).map_err(|_| H1Error::Protocol("invalid status code"))?;
-            let version = match parsed.version {
-                Some(1) => Version::HTTP_11,
-                _ => Version::HTTP_10,
-            };
-            let base = buf.as_ptr() as usize;
-            found = Vec::with_capacity(parsed.headers.len());
-            for h in parsed.headers.iter() {
-                let name = HeaderName::from_bytes(h.name.as_bytes())
-                    .map_err(|_| H1Error::Protocol("invalid response header name"))?;
-                let start = h.value.as_ptr() as usize - base;
-                found.push((name, start, start + h.value.len()));
-            }
-            (len, status, version)
-        };
         let head: Bytes = buf.split_to(len).freeze();
         if status.is_informational() {
             if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -202,15 +224,14 @@ pub fn parse_response_head(
                 .map_err(|_| H1Error::Protocol("invalid response header value"))?;
             headers.append(name, value);
         }
-        let framing = response_framing(request_method, status, &headers)?;
-        if headers.contains_key(header::TRANSFER_ENCODING) {
+        let framing = response_framing(request_method, status, &headers, chunked_or_coded)?;
+        if chunked_or_coded {
             // RFC 9112 §6.3: the length does not apply, and must not reach the client, whose
             // answer would be framed by it.
             headers.remove(header::CONTENT_LENGTH);
         }
-        let keep_alive = version == Version::HTTP_11
-            && framing != ResponseFraming::Close
-            && !has_token(&headers, &header::CONNECTION, "close");
+        let keep_alive =
+            version == Version::HTTP_11 && framing != ResponseFraming::Close && !says_close;
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.headers_mut() = headers;
@@ -222,10 +243,12 @@ pub fn parse_response_head(
     }
 }
 
+/// `transfer_coded`: the head has a `Transfer-Encoding` header.
 fn response_framing(
     method: &Method,
     status: StatusCode,
     headers: &HeaderMap,
+    transfer_coded: bool,
 ) -> Result<ResponseFraming, H1Error> {
     if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
@@ -233,7 +256,7 @@ fn response_framing(
     {
         return Ok(ResponseFraming::Empty);
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if transfer_coded {
         // Chunked only when it is the final coding; anything else runs until close.
         let last = headers
             .get_all(header::TRANSFER_ENCODING)
@@ -275,13 +298,21 @@ fn parse_decimal(digits: &[u8]) -> Option<u64> {
     })
 }
 
-/// Whether a comma-separated header lists `token` (case-insensitively).
-fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// Whether a `Connection` value lists only `keep-alive` and `close`, no header names.
+fn only_connection_options(value: &[u8]) -> bool {
+    value.split(|&b| b == b',').all(|t| {
+        let t = t.trim_ascii();
+        t.is_empty() || t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close")
+    })
+}
+
+/// Whether a `Connection` value lists `close` (case-insensitively).
+fn has_close(value: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
 
 /// The size in a chunk-size line (`1a;ext=1`), or `None` when it is not one.

@@ -20,15 +20,15 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::server::RequestBody;
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, Response};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::io::AsyncWriteExt;
 
 pub use body::ResponseBody;
-pub use codec::{encode_request_head, HeadWriter, RequestFraming};
+pub use codec::{encode_chunk, encode_request_head, HeadWriter, RequestFraming, LAST_CHUNK};
 use pool::{Conn, Pool};
 
 use crate::config::UpstreamConfig;
@@ -81,7 +81,7 @@ pub struct UpstreamRequest<'a, H> {
     pub target: &'a PathAndQuery,
     /// Puts the headers the upstream gets, written straight into the request head.
     pub headers: H,
-    pub body: Incoming,
+    pub body: RequestBody,
 }
 
 pub struct H1Client {
@@ -142,7 +142,7 @@ impl H1Client {
         &self,
         mut conn: Conn,
         head: &[u8],
-        body: Option<Incoming>,
+        body: Option<RequestBody>,
         framing: RequestFraming,
         authority: &Authority,
         method: &Method,
@@ -176,7 +176,7 @@ impl H1Client {
 async fn write_with_body(
     conn: &mut Conn,
     head: &[u8],
-    mut body: Incoming,
+    mut body: RequestBody,
     framing: RequestFraming,
 ) -> Result<(), H1Error> {
     let chunked = framing == RequestFraming::Chunked;

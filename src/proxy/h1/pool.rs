@@ -5,8 +5,9 @@
 //! runs its own (`crate::workers`), and a connection used from another worker's loop would
 //! have every readiness event cross threads.
 
-use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{ready, Context, Poll};
 use std::thread::{self, ThreadId};
@@ -74,8 +75,69 @@ struct Idle {
     since: Instant,
 }
 
+/// Idle connections of one thread and upstream.
+#[derive(PartialEq, Eq)]
+struct Key {
+    thread: ThreadId,
+    authority: Authority,
+}
+
+/// How a request looks its key up: without cloning the authority, whose shared count both
+/// workers would write.
+struct KeyRef<'a> {
+    thread: ThreadId,
+    authority: &'a Authority,
+}
+
+/// Hashes only the thread and the authority's length: `Authority` hashes itself a byte at
+/// a time, lowercased, which with SipHash cost about 1,000 instructions per lookup (two
+/// lookups per request; callgrind, BENCHMARKS.md). A worker talks to a handful of
+/// upstreams, and equal lengths are told apart by the comparison.
+fn key_hash<H: Hasher>(thread: ThreadId, authority: &Authority, state: &mut H) {
+    thread.hash(state);
+    authority.as_str().len().hash(state);
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        key_hash(self.thread, &self.authority, state);
+    }
+}
+
+impl Hash for KeyRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        key_hash(self.thread, self.authority, state);
+    }
+}
+
+impl hashbrown::Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        self.thread == key.thread && *self.authority == key.authority
+    }
+}
+
+type IdleMap = hashbrown::HashMap<Key, Vec<Idle>, foldhash::fast::RandomState>;
+
+/// One lock per group of threads, on a cache line of its own: each proxy worker takes only
+/// its own, instead of both cores taking one lock twice per request.
+#[repr(align(128))]
+#[derive(Default)]
+struct Shard(Mutex<IdleMap>);
+
+const SHARDS: usize = 8;
+
+/// This thread's id and shard (threads are numbered as they first use a pool).
+fn this_thread() -> (ThreadId, usize) {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static THIS: (ThreadId, usize) =
+            (thread::current().id(), NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS);
+    }
+    THIS.with(|this| *this)
+}
+
 pub struct Pool {
-    idle: Mutex<HashMap<(ThreadId, Authority), Vec<Idle>>>,
+    idle: Box<[Shard]>,
     max_idle_per_host: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
@@ -84,7 +146,7 @@ pub struct Pool {
 impl Pool {
     pub fn new(cfg: &UpstreamConfig) -> Arc<Self> {
         let pool = Arc::new(Self {
-            idle: Mutex::new(HashMap::new()),
+            idle: (0..SHARDS).map(|_| Shard::default()).collect(),
             max_idle_per_host: cfg.pool_max_idle_per_host,
             idle_timeout: cfg.pool_idle_timeout,
             connect_timeout: cfg.connect_timeout,
@@ -101,10 +163,10 @@ impl Pool {
     /// for the answer to the next request.
     pub fn checkout(&self, authority: &Authority) -> Option<Conn> {
         let mut closed = Vec::new();
-        let key = (thread::current().id(), authority.clone());
+        let (thread, shard) = this_thread();
         let found = {
-            let mut idle = self.idle.lock();
-            let list = idle.get_mut(&key)?;
+            let mut idle = self.idle[shard].0.lock();
+            let list = idle.get_mut(&KeyRef { thread, authority })?;
             let mut found = None;
             while let Some(mut entry) = list.pop() {
                 if entry.since.elapsed() < self.idle_timeout && entry.conn.is_silent() {
@@ -125,9 +187,18 @@ impl Pool {
             conn,
             since: Instant::now(),
         };
-        let key = (thread::current().id(), authority.clone());
-        let mut idle = self.idle.lock();
-        let list = idle.entry(key).or_default();
+        let (thread, shard) = this_thread();
+        let mut idle = self.idle[shard].0.lock();
+        let key = KeyRef { thread, authority };
+        let list = match idle.get_mut(&key) {
+            Some(list) => list,
+            None => idle
+                .entry(Key {
+                    thread,
+                    authority: authority.clone(),
+                })
+                .or_default(),
+        };
         if list.len() < self.max_idle_per_host {
             list.push(entry);
         }
@@ -158,8 +229,9 @@ impl Pool {
     /// Closes connections idle for longer than the timeout; returns how many stay open.
     fn sweep_once(&self) -> usize {
         let mut expired = Vec::new();
-        let remaining = {
-            let mut idle = self.idle.lock();
+        let mut remaining = 0;
+        for shard in &self.idle {
+            let mut idle = shard.0.lock();
             for list in idle.values_mut() {
                 let (keep, old): (Vec<Idle>, Vec<Idle>) = std::mem::take(list)
                     .into_iter()
@@ -168,8 +240,8 @@ impl Pool {
                 expired.extend(old);
             }
             idle.retain(|_, list| !list.is_empty());
-            idle.values().map(Vec::len).sum()
-        };
+            remaining += idle.values().map(Vec::len).sum::<usize>();
+        }
         drop(expired); // closed outside the lock
         remaining
     }

@@ -1,6 +1,14 @@
 //! Listeners and connections, shared by the proxy, status and admin ports: accept, optional
-//! TLS, HTTP/1.1 + HTTP/2 via hyper-util's auto builder, limits, and graceful drain.
+//! TLS, HTTP/1.1 + HTTP/2 via hyper-util's auto builder, limits, and graceful drain. The
+//! proxy's plain-TCP connections start in our own HTTP/1.1 loop ([`h1`]) instead.
 
+mod body;
+pub mod h1;
+mod rewind;
+
+pub use body::RequestBody;
+
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -16,6 +24,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::either::Either;
@@ -94,17 +103,15 @@ pub async fn serve<H, F, B>(
     grace: Duration,
 ) where
     H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Result<Response<B>, std::convert::Infallible>> + Send + 'static,
+    F: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let builder = Arc::new(options.builder());
-    let graceful = GracefulShutdown::new();
     let handler = closing_when(draining, handler);
-    let serve_one = |stream: TcpStream, peer: SocketAddr| {
-        let _ = stream.set_nodelay(true);
-        let watcher = graceful.watcher();
+    let serve_one = |stream: TcpStream, peer: SocketAddr, drain: &Drain| {
+        let watcher = drain.graceful.watcher();
         let builder = builder.clone();
         let handler = handler.clone();
         let tls = options.tls.clone();
@@ -114,7 +121,6 @@ pub async fn serve<H, F, B>(
                 peer,
                 tls: tls.is_some(),
             };
-            let service = service_fn(move |req| handler(req, info));
             let io = match tls {
                 None => Either::Left(stream),
                 Some(acceptor) => {
@@ -124,11 +130,122 @@ pub async fn serve<H, F, B>(
                     }
                 }
             };
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
+            with_hyper(name, &builder, io, info, handler, watcher).await;
+        });
+    };
+    accept_loop(name, listener, stop, grace, serve_one).await;
+}
+
+/// [`serve`] for the proxy port: plain-TCP connections start in our HTTP/1.1 loop
+/// ([`h1`]), which hands hyper's server the connections it does not serve; TLS
+/// connections go to hyper's server from the start.
+pub async fn serve_proxy<H, F, B>(
+    listener: TcpListener,
+    options: ConnOptions,
+    handler: H,
+    draining: CancellationToken,
+    stop: CancellationToken,
+    grace: Duration,
+) where
+    H: Fn(Request<RequestBody>, ConnInfo) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display + Send,
+{
+    const NAME: &str = "proxy";
+    let builder = Arc::new(options.builder());
+    let handler = closing_when(draining, handler);
+    let limits = h1::HeadLimits {
+        read_timeout: options.header_read_timeout,
+        max_bytes: options.max_header_bytes,
+        max_headers: options.max_headers,
+    };
+    let serve_one = |stream: TcpStream, peer: SocketAddr, drain: &Drain| {
+        let watcher = drain.graceful.watcher();
+        let closing = drain.closing.clone();
+        let builder = builder.clone();
+        let handler = handler.clone();
+        let tls = options.tls.clone();
+        tokio::spawn(async move {
+            let info = ConnInfo {
+                peer,
+                tls: tls.is_some(),
+            };
+            if let Some(acceptor) = tls {
+                let timeout = limits.read_timeout;
+                if let Some(stream) = tls_handshake(&acceptor, stream, timeout, NAME, peer).await {
+                    with_hyper(NAME, &builder, stream, info, from_hyper(handler), watcher).await;
+                }
+                return;
+            }
+            match h1::serve_connection(stream, info, &handler, limits, &closing).await {
+                h1::Ended::Closed => {}
+                h1::Ended::HandOff { stream, read } => {
+                    let io = rewind::Rewind::new(read, stream);
+                    with_hyper(NAME, &builder, io, info, from_hyper(handler), watcher).await;
+                }
             }
         });
+    };
+    accept_loop(NAME, listener, stop, grace, serve_one).await;
+}
+
+/// A proxy handler taking the requests hyper's server reads.
+fn from_hyper<H, F>(handler: H) -> impl Fn(Request<Incoming>, ConnInfo) -> F + Send + Sync + 'static
+where
+    H: Fn(Request<RequestBody>, ConnInfo) -> F + Send + Sync + 'static,
+{
+    move |req, info| handler(req.map(RequestBody::from), info)
+}
+
+/// Serves one connection with hyper's server until it ends or the drain closes it.
+async fn with_hyper<I, H, F, B>(
+    name: &'static str,
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    info: ConnInfo,
+    handler: H,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>, ConnInfo) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let service = service_fn(move |req| handler(req, info));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        let peer = info.peer;
+        tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// What the drain tells connections: hyper's connections are watched by `graceful`; ours
+/// hold a watcher too (so the drain waits for them) and close when idle once `closing`
+/// fires.
+struct Drain {
+    graceful: GracefulShutdown,
+    closing: CancellationToken,
+}
+
+/// Accepts connections until `stop` fires, then drains them (see [`serve`]).
+async fn accept_loop(
+    name: &'static str,
+    listener: TcpListener,
+    stop: CancellationToken,
+    grace: Duration,
+    serve_one: impl Fn(TcpStream, SocketAddr, &Drain),
+) {
+    let drain = Drain {
+        graceful: GracefulShutdown::new(),
+        closing: CancellationToken::new(),
+    };
+    let serve_one = |stream: TcpStream, peer: SocketAddr| {
+        let _ = stream.set_nodelay(true);
+        serve_one(stream, peer, &drain);
     };
     let mut last_accept = None;
     loop {
@@ -159,7 +276,9 @@ pub async fn serve<H, F, B>(
     if let Some(at) = last_accept {
         tokio::time::sleep_until(at + LAST_ACCEPTS_SETTLE.min(grace)).await;
     }
+    let Drain { graceful, closing } = drain;
     tracing::info!(listener = name, connections = graceful.count(), "draining");
+    closing.cancel();
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
@@ -174,13 +293,13 @@ pub async fn serve<H, F, B>(
 
 /// Wraps `handler` so that, once `draining` fires, HTTP/1 responses ask the client to close
 /// the connection (a protocol switch excepted: that connection is no longer HTTP).
-fn closing_when<H, F, B>(
+fn closing_when<R, H, F, B>(
     draining: CancellationToken,
     handler: H,
-) -> impl Fn(Request<Incoming>, ConnInfo) -> ClosingWhenDraining<F> + Clone + Send + Sync + 'static
+) -> impl Fn(Request<R>, ConnInfo) -> ClosingWhenDraining<F> + Clone + Send + Sync + 'static
 where
-    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Result<Response<B>, std::convert::Infallible>> + Send + 'static,
+    H: Fn(Request<R>, ConnInfo) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
 {
     // Each request holds the token until its response is ready. A clone of the token
     // itself locks the mutex of the token every listener shares; a clone of this `Arc`
@@ -207,7 +326,7 @@ pin_project_lite::pin_project! {
 
 impl<F, B> Future for ClosingWhenDraining<F>
 where
-    F: Future<Output = Result<Response<B>, std::convert::Infallible>>,
+    F: Future<Output = Result<Response<B>, Infallible>>,
 {
     type Output = F::Output;
 
