@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::{ConnInfo, RequestBody};
-use crate::proxy::h1::{encode_chunk, LAST_CHUNK};
+use crate::proxy::h1::{encode_chunk, poll_read_drained, LAST_CHUNK};
 
 /// Read buffer size, and the least free room a read is given.
 const READ_BUFFER: usize = 8 * 1024;
@@ -62,6 +62,14 @@ pub enum Ended {
     HandOff { stream: TcpStream, read: Bytes },
 }
 
+/// The drain's two signals: once `draining` fires, responses carry `Connection: close`;
+/// once `closing` fires, idle connections close too.
+#[derive(Clone, Copy)]
+pub struct Ending<'a> {
+    pub draining: &'a CancellationToken,
+    pub closing: &'a CancellationToken,
+}
+
 /// What the response depends on, besides the response itself.
 #[derive(Clone, Copy, Debug)]
 struct RequestFacts {
@@ -78,7 +86,7 @@ pub async fn serve_connection<H, F, B>(
     info: ConnInfo,
     handler: &H,
     limits: HeadLimits,
-    closing: &CancellationToken,
+    ending: Ending<'_>,
 ) -> Ended
 where
     H: Fn(Request<RequestBody>, ConnInfo) -> F,
@@ -121,7 +129,7 @@ where
                     tracing::debug!(peer = %info.peer, "request head not received in time; closing");
                     return Ended::Closed;
                 }
-                () = closing.cancelled(), if idle => return Ended::Closed,
+                () = ending.closing.cancelled(), if idle => return Ended::Closed,
             };
             match read {
                 Ok(0) => return Ended::Closed,
@@ -135,7 +143,11 @@ where
         timing = false;
         let Ok(response) = handler(req, info).await;
         match conn
-            .write_response(response, facts, closing.is_cancelled())
+            .write_response(
+                response,
+                facts,
+                ending.draining.is_cancelled() || ending.closing.is_cancelled(),
+            )
             .await
         {
             Ok(true) => {}
@@ -164,10 +176,7 @@ impl Conn {
             // Reclaims the room of heads already handed out once their requests are gone.
             self.buf.reserve(READ_BUFFER);
         }
-        std::future::poll_fn(|cx| {
-            tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut self.stream), cx, &mut self.buf)
-        })
-        .await
+        std::future::poll_fn(|cx| poll_read_drained(&self.stream, &mut self.buf, cx)).await
     }
 
     fn hand_off(self) -> Ended {
@@ -182,7 +191,7 @@ impl Conn {
         &mut self,
         response: Response<B>,
         facts: RequestFacts,
-        closing: bool,
+        draining: bool,
     ) -> io::Result<bool>
     where
         B: Body,
@@ -191,7 +200,7 @@ impl Conn {
         let (parts, body) = response.into_parts();
         let status = parts.status;
         let keep_alive = facts.keep_alive
-            && !closing
+            && !draining
             // Nothing asked for a protocol switch; whatever the connection carries next
             // is not ours to read as HTTP.
             && status != StatusCode::SWITCHING_PROTOCOLS;
@@ -596,13 +605,20 @@ mod tests {
 
     /// Serves one accepted connection with [`describe`]; the client end and how the
     /// server side ended.
-    async fn connection(closing: CancellationToken) -> (TcpStream, tokio::task::JoinHandle<Ended>) {
+    async fn connection(
+        draining: CancellationToken,
+        closing: CancellationToken,
+    ) -> (TcpStream, tokio::task::JoinHandle<Ended>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (stream, peer): (TcpStream, SocketAddr) = listener.accept().await.unwrap();
             let info = ConnInfo { peer, tls: false };
-            serve_connection(stream, info, &describe, LIMITS, &closing).await
+            let ending = Ending {
+                draining: &draining,
+                closing: &closing,
+            };
+            serve_connection(stream, info, &describe, LIMITS, ending).await
         });
         (TcpStream::connect(addr).await.unwrap(), server)
     }
@@ -615,7 +631,8 @@ mod tests {
 
     #[tokio::test]
     async fn pipelined_requests_are_answered_in_order_on_one_connection() {
-        let (mut client, server) = connection(CancellationToken::new()).await;
+        let (mut client, server) =
+            connection(CancellationToken::new(), CancellationToken::new()).await;
         client
             .write_all(b"GET /a?q=1 HTTP/1.1\r\nHost: h\r\nX: 1\r\nX: 2\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
             .await
@@ -636,7 +653,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_head_request_gets_the_length_without_the_body() {
-        let (mut client, _server) = connection(CancellationToken::new()).await;
+        let (mut client, _server) =
+            connection(CancellationToken::new(), CancellationToken::new()).await;
         client
             .write_all(b"HEAD /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
             .await
@@ -648,7 +666,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_of_unknown_length_is_chunked_with_trailers_only_when_accepted() {
-        let (mut client, _server) = connection(CancellationToken::new()).await;
+        let (mut client, _server) =
+            connection(CancellationToken::new(), CancellationToken::new()).await;
         client
             .write_all(b"GET /chunked HTTP/1.1\r\nHost: h\r\n\r\nGET /chunked HTTP/1.1\r\nHost: h\r\nTE: trailers\r\nConnection: close\r\n\r\n")
             .await
@@ -687,7 +706,8 @@ mod tests {
             big.into_bytes(),
         ];
         for sent in cases {
-            let (mut client, server) = connection(CancellationToken::new()).await;
+            let (mut client, server) =
+                connection(CancellationToken::new(), CancellationToken::new()).await;
             client.write_all(&sent).await.unwrap();
             let Ended::HandOff { read, .. } = server.await.unwrap() else {
                 panic!("served: {}", String::from_utf8_lossy(&sent));
@@ -704,7 +724,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_after_one_served_is_handed_over_from_its_first_byte() {
-        let (mut client, server) = connection(CancellationToken::new()).await;
+        let (mut client, server) =
+            connection(CancellationToken::new(), CancellationToken::new()).await;
         let second = b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi";
         let mut sent = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n".to_vec();
         sent.extend_from_slice(second);
@@ -720,7 +741,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_unfinished_head_is_dropped_after_the_read_timeout() {
-        let (mut client, server) = connection(CancellationToken::new()).await;
+        let (mut client, server) =
+            connection(CancellationToken::new(), CancellationToken::new()).await;
         client
             .write_all(b"GET /slow HTTP/1.1\r\nHost: h\r\nX-Slow: ")
             .await
@@ -738,7 +760,7 @@ mod tests {
     #[tokio::test]
     async fn the_drain_closes_an_idle_connection_and_lets_a_busy_one_finish() {
         let closing = CancellationToken::new();
-        let (mut client, server) = connection(closing.clone()).await;
+        let (mut client, server) = connection(CancellationToken::new(), closing.clone()).await;
         client
             .write_all(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n")
             .await
@@ -751,7 +773,31 @@ mod tests {
         assert_eq!(read_to_end(client).await, "");
 
         // Draining already: the request in hand is answered, then the connection closes.
-        let (mut client, server) = connection(closing.clone()).await;
+        let (mut client, server) = connection(CancellationToken::new(), closing.clone()).await;
+        client
+            .write_all(b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .unwrap();
+        let all = read_to_end(client).await;
+        assert!(
+            all.contains("connection: close\r\n") && all.contains("GET /b"),
+            "{all}"
+        );
+        assert!(matches!(server.await.unwrap(), Ended::Closed));
+    }
+
+    #[tokio::test]
+    async fn once_draining_answers_ask_the_client_to_close() {
+        let draining = CancellationToken::new();
+        let (mut client, server) = connection(draining.clone(), CancellationToken::new()).await;
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = [0u8; 512];
+        let n = client.read(&mut answer).await.unwrap();
+        assert!(!String::from_utf8_lossy(&answer[..n]).contains("connection: close"));
+        draining.cancel();
         client
             .write_all(b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n")
             .await
@@ -792,7 +838,12 @@ mod tests {
                 Ok::<_, Infallible>(response)
             };
             let info = ConnInfo { peer, tls: false };
-            serve_connection(stream, info, &lying, LIMITS, &CancellationToken::new()).await
+            let never = CancellationToken::new();
+            let ending = Ending {
+                draining: &never,
+                closing: &never,
+            };
+            serve_connection(stream, info, &lying, LIMITS, ending).await
         });
         let mut client = TcpStream::connect(addr).await.unwrap();
         client

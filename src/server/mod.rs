@@ -155,7 +155,9 @@ pub async fn serve_proxy<H, F, B>(
 {
     const NAME: &str = "proxy";
     let builder = Arc::new(options.builder());
-    let handler = closing_when(draining, handler);
+    // Our loop adds `Connection: close` itself once draining; hyper's server needs the
+    // wrapper, made when a connection goes there.
+    let hyper_handler = closing_when(draining.clone(), from_hyper(handler.clone()));
     let limits = h1::HeadLimits {
         read_timeout: options.header_read_timeout,
         max_bytes: options.max_header_bytes,
@@ -164,8 +166,10 @@ pub async fn serve_proxy<H, F, B>(
     let serve_one = |stream: TcpStream, peer: SocketAddr, drain: &Drain| {
         let watcher = drain.graceful.watcher();
         let closing = drain.closing.clone();
+        let draining = draining.clone();
         let builder = builder.clone();
         let handler = handler.clone();
+        let hyper_handler = hyper_handler.clone();
         let tls = options.tls.clone();
         tokio::spawn(async move {
             let info = ConnInfo {
@@ -175,15 +179,19 @@ pub async fn serve_proxy<H, F, B>(
             if let Some(acceptor) = tls {
                 let timeout = limits.read_timeout;
                 if let Some(stream) = tls_handshake(&acceptor, stream, timeout, NAME, peer).await {
-                    with_hyper(NAME, &builder, stream, info, from_hyper(handler), watcher).await;
+                    with_hyper(NAME, &builder, stream, info, hyper_handler, watcher).await;
                 }
                 return;
             }
-            match h1::serve_connection(stream, info, &handler, limits, &closing).await {
+            let ending = h1::Ending {
+                draining: &draining,
+                closing: &closing,
+            };
+            match h1::serve_connection(stream, info, &handler, limits, ending).await {
                 h1::Ended::Closed => {}
                 h1::Ended::HandOff { stream, read } => {
                     let io = rewind::Rewind::new(read, stream);
-                    with_hyper(NAME, &builder, io, info, from_hyper(handler), watcher).await;
+                    with_hyper(NAME, &builder, io, info, hyper_handler, watcher).await;
                 }
             }
         });
@@ -192,9 +200,11 @@ pub async fn serve_proxy<H, F, B>(
 }
 
 /// A proxy handler taking the requests hyper's server reads.
-fn from_hyper<H, F>(handler: H) -> impl Fn(Request<Incoming>, ConnInfo) -> F + Send + Sync + 'static
+fn from_hyper<H, F>(
+    handler: H,
+) -> impl Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static
 where
-    H: Fn(Request<RequestBody>, ConnInfo) -> F + Send + Sync + 'static,
+    H: Fn(Request<RequestBody>, ConnInfo) -> F + Clone + Send + Sync + 'static,
 {
     move |req, info| handler(req.map(RequestBody::from), info)
 }

@@ -29,6 +29,7 @@ use tokio::io::AsyncWriteExt;
 
 pub use body::ResponseBody;
 pub use codec::{encode_chunk, encode_request_head, HeadWriter, RequestFraming, LAST_CHUNK};
+pub use pool::poll_read_drained;
 use pool::{Conn, Pool};
 
 use crate::config::UpstreamConfig;

@@ -36,29 +36,7 @@ impl Conn {
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
             self.buf.reserve(READ_CHUNK);
         }
-        loop {
-            ready!(self.stream.poll_read_ready(cx))?;
-            let room = self.buf.capacity() - self.buf.len();
-            match self.stream.try_read_buf(&mut self.buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Ok(n) if n > 0 && n < room => {
-                    self.drained();
-                    return Poll::Ready(Ok(n));
-                }
-                result => return Poll::Ready(result),
-            }
-        }
-    }
-
-    /// A short read took everything the socket had, so tell tokio it is no longer readable.
-    /// Otherwise its cached readiness stays set, and the next wait for an answer, or the
-    /// idle check, would start with a read that finds nothing: one wasted system call per
-    /// request. Safe against races: tokio keeps readiness that a newer event set, and never
-    /// clears the peer's close.
-    fn drained(&self) {
-        let _ = self.stream.try_io(tokio::io::Interest::READABLE, || {
-            Err::<(), _>(io::ErrorKind::WouldBlock.into())
-        });
+        poll_read_drained(&self.stream, &mut self.buf, cx)
     }
 
     /// Whether an idle connection is open with nothing to read. A system call only when
@@ -67,6 +45,33 @@ impl Conn {
     fn is_silent(&mut self) -> bool {
         let mut probe = [0u8; 1];
         matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
+/// Reads what `stream` has into `buf`'s free room (there must be some); `Ok(0)` is the
+/// peer's close. A short read took everything the socket had, so tokio is told it is no
+/// longer readable: otherwise its cached readiness stays set, and the next wait for data
+/// (the next answer, the next request, or the pool's idle check) would start with a read
+/// that finds nothing, one wasted system call per request. Safe against races: tokio keeps
+/// readiness that a newer event set, and never clears the peer's close.
+pub fn poll_read_drained(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(stream.poll_read_ready(cx))?;
+        let room = buf.capacity() - buf.len();
+        match stream.try_read_buf(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Ok(n) if n > 0 && n < room => {
+                let _ = stream.try_io(tokio::io::Interest::READABLE, || {
+                    Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                });
+                return Poll::Ready(Ok(n));
+            }
+            result => return Poll::Ready(result),
+        }
     }
 }
 
