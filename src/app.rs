@@ -91,7 +91,7 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
         .map_err(|e| format!("cannot listen for SIGHUP: {e}"))?;
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
-    let proxy_listeners = workers::bind_reuseport(config.proxy.listen, config.proxy.workers)
+    let proxy_listeners = workers::bind_shared(config.proxy.listen, config.proxy.workers)
         .map_err(|e| e.to_string())?;
     let admin_listener = server::bind("admin", config.admin.listen)
         .await

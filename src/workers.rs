@@ -1,6 +1,6 @@
-//! The proxy's worker threads: each runs a single-threaded event loop with its own listening
-//! socket on the proxy port (`SO_REUSEPORT`, so the kernel spreads new connections over
-//! them), and serves its connections from accept to close, upstream connections included.
+//! The proxy's worker threads: each runs a single-threaded event loop with its own handle on
+//! the proxy port's listening socket (the first worker to accept a connection takes it),
+//! and serves its connections from accept to close, upstream connections included.
 //!
 //! Why not tokio's multi-threaded scheduler for the proxy: there, one thread at a time
 //! polls the event loop and hands ready tasks to the others, waking them through the
@@ -22,28 +22,32 @@ use tokio_util::sync::CancellationToken;
 use crate::proxy::Proxy;
 use crate::server::{self, ConnOptions};
 
-/// Listening sockets on one address, one per worker. The first binds `addr` (port 0 picks
-/// a free port); the others join it on the port it got.
-pub fn bind_reuseport(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
-    let named = |e: io::Error, at: SocketAddr| {
-        io::Error::new(e.kind(), format!("cannot listen for proxy on {at}: {e}"))
-    };
-    let first = reuseport_listener(addr).map_err(|e| named(e, addr))?;
-    let bound = first.local_addr()?;
-    let mut listeners = vec![first];
+/// One listening socket on `addr` (port 0 picks a free port), with a handle for each worker.
+///
+/// Shared rather than one `SO_REUSEPORT` socket per worker: the kernel spreads reuseport
+/// connections by a hash of their addresses, so a few long-lived keep-alive connections
+/// split unevenly (64 over two workers: often 28 against 36), and the clients of the busier
+/// worker wait longer; the load harness's p99 showed it (BENCHMARKS.md). On a shared socket
+/// every worker is woken by a new connection and the first to call `accept` takes it: the
+/// less busy one, as in nginx without `reuseport`.
+pub fn bind_shared(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let listener = listening_socket(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen for proxy on {addr}: {e}")))?;
+    let bound = listener.local_addr()?;
+    let mut listeners = Vec::with_capacity(count);
     for _ in 1..count {
-        listeners.push(reuseport_listener(bound).map_err(|e| named(e, bound))?);
+        listeners.push(listener.try_clone()?);
     }
+    listeners.push(listener);
     // Tests and scripts read this line to learn ports chosen with `:0`.
     tracing::info!(listener = "proxy", addr = %bound, workers = count, "listening");
     Ok(listeners)
 }
 
-fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+fn listening_socket(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(false)?;
     }
