@@ -23,6 +23,7 @@ pub const AUTH_CACHE_LOOKUPS_TOTAL: &str = "keygate_auth_cache_lookups_total";
 pub const STORE_REQUESTS_TOTAL: &str = "keygate_store_requests_total";
 pub const STORE_REQUEST_DURATION_SECONDS: &str = "keygate_store_request_duration_seconds";
 pub const STORE_UP: &str = "keygate_store_up";
+pub const PROXY_CONNECTIONS: &str = "keygate_proxy_connections";
 pub const RATE_LIMITED_TOTAL: &str = "keygate_rate_limited_total";
 pub const EVENTS_RECEIVED_TOTAL: &str = "keygate_events_received_total";
 pub const EVENT_PROPAGATION_SECONDS: &str = "keygate_event_propagation_seconds";
@@ -80,6 +81,10 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
     metrics::describe_gauge!(
         STORE_UP,
         "1 when the last store call reached the store, 0 when it could not."
+    );
+    metrics::describe_gauge!(
+        PROXY_CONNECTIONS,
+        "Open client connections on the proxy port, by worker (the workers balance them)."
     );
     Ok(handle)
 }

@@ -1,6 +1,7 @@
 //! The proxy's worker threads: each runs a single-threaded event loop with its own handle on
-//! the proxy port's listening socket (the first worker to accept a connection takes it),
-//! and serves its connections from accept to close, upstream connections included.
+//! the proxy port's listening socket, and serves its connections from accept to close,
+//! upstream connections included. A worker that accepts a connection while another has
+//! fewer open passes it over (`server::balance`).
 //!
 //! Why not tokio's multi-threaded scheduler for the proxy: there, one thread at a time
 //! polls the event loop and hands ready tasks to the others, waking them through the
@@ -28,8 +29,8 @@ use crate::server::{self, ConnOptions};
 /// connections by a hash of their addresses, so a few long-lived keep-alive connections
 /// split unevenly (64 over two workers: often 28 against 36), and the clients of the busier
 /// worker wait longer; the load harness's p99 showed it (BENCHMARKS.md). On a shared socket
-/// every worker is woken by a new connection and the first to call `accept` takes it: the
-/// less busy one, as in nginx without `reuseport`.
+/// every worker is woken by a new connection and the first to call `accept` takes it, and
+/// the workers then even out their counts (`server::balance`).
 pub fn bind_shared(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
     let listener = listening_socket(addr)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen for proxy on {addr}: {e}")))?;
@@ -103,7 +104,8 @@ impl ProxyWorkers {
         let release = CancellationToken::new();
         let mut served = Vec::with_capacity(listeners.len());
         let mut threads = Vec::with_capacity(listeners.len());
-        for (i, listener) in listeners.into_iter().enumerate() {
+        let shares = server::balance::shares(listeners.len());
+        for (i, (listener, share)) in listeners.into_iter().zip(shares).enumerate() {
             // Built here so a failure is reported at startup, not in a thread.
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -132,8 +134,10 @@ impl ProxyWorkers {
                         };
                         tokio::spawn(keep_next_wake_near());
                         let handler = move |req, conn| proxy.clone().handle(req, conn);
-                        server::serve_proxy(listener, options, handler, draining, stop, grace)
-                            .await;
+                        server::serve_proxy(
+                            listener, share, options, handler, draining, stop, grace,
+                        )
+                        .await;
                         let _ = done.send(());
                         // Tunnels opened here run on this loop: keep it until released.
                         release.cancelled().await;

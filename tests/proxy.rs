@@ -371,6 +371,93 @@ async fn metrics_count_what_was_sent() {
     );
 }
 
+/// Reads one bodiless HTTP/1.1 response (the echo upstream's `Content-Length` answer) and
+/// returns its status line; bounded in time and size.
+async fn read_one_response(conn: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0 && got.len() < 64 * 1024,
+                "connection ended early: {got:?}"
+            );
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if body.len() >= length {
+                    return head.lines().next().unwrap_or_default().to_owned();
+                }
+            }
+        }
+    })
+    .await
+    .expect("response within 10 s")
+}
+
+#[tokio::test]
+async fn client_connections_spread_evenly_over_the_workers() {
+    use tokio::io::AsyncWriteExt;
+    let up = echo_upstream().await;
+    let gw = Gateway::start(&format!(
+        "proxy: {{ listen: \"127.0.0.1:0\", workers: 2 }}\n\
+         routes:\n  - {{ name: open, path_prefix: /o, upstream: 'http://{up}', auth: none }}\n"
+    ));
+    let c = client();
+    let open_per_worker = |text: &str| {
+        [0, 1].map(|w| {
+            metric_value(
+                text,
+                &format!(r#"keygate_proxy_connections{{worker="{w}"}}"#),
+            )
+            .unwrap_or(0.0)
+        })
+    };
+    // Opened one after another and each used, so every placement sees the ones before it;
+    // the workers share one socket, so either may accept any of them.
+    let mut conns = Vec::new();
+    for _ in 0..8 {
+        let mut conn = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+        conn.write_all(b"GET /o/x HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_one_response(&mut conn).await, "HTTP/1.1 200 OK");
+        conns.push(conn);
+    }
+    let text = get(&c, &gw.status_url("/metrics")).await.text();
+    assert_eq!(open_per_worker(&text), [4.0, 4.0], "{text}");
+    // A connection served by the other worker keeps working there.
+    for conn in &mut conns {
+        conn.write_all(b"GET /o/y HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_one_response(conn).await, "HTTP/1.1 200 OK");
+    }
+    drop(conns);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = get(&c, &gw.status_url("/metrics")).await.text();
+        if open_per_worker(&text) == [0.0, 0.0] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "closed connections still counted: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn oversized_request_head_is_refused_with_431() {
     let up = echo_upstream().await;

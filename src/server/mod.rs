@@ -2,6 +2,7 @@
 //! TLS, HTTP/1.1 + HTTP/2 via hyper-util's auto builder, limits, and graceful drain. The
 //! proxy's plain-TCP connections start in our own HTTP/1.1 loop ([`h1`]) instead.
 
+pub mod balance;
 mod body;
 pub mod h1;
 mod rewind;
@@ -29,6 +30,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
+
+use balance::{Seat, Share};
 
 /// What a request handler knows about the connection it arrived on.
 #[derive(Clone, Copy, Debug)]
@@ -110,7 +113,7 @@ pub async fn serve<H, F, B>(
 {
     let builder = Arc::new(options.builder());
     let handler = closing_when(draining, handler);
-    let serve_one = |stream: TcpStream, peer: SocketAddr, drain: &Drain| {
+    let serve_one = |stream: TcpStream, peer: SocketAddr, drain: &Drain, _: Option<Seat>| {
         let watcher = drain.graceful.watcher();
         let builder = builder.clone();
         let handler = handler.clone();
@@ -133,7 +136,7 @@ pub async fn serve<H, F, B>(
             with_hyper(name, &builder, io, info, handler, watcher).await;
         });
     };
-    accept_loop(name, listener, stop, grace, serve_one).await;
+    accept_loop(name, listener, None, stop, grace, serve_one).await;
 }
 
 /// [`serve`] for the proxy port: plain-TCP connections start in our HTTP/1.1 loop
@@ -141,6 +144,7 @@ pub async fn serve<H, F, B>(
 /// connections go to hyper's server from the start.
 pub async fn serve_proxy<H, F, B>(
     listener: TcpListener,
+    share: Share,
     options: ConnOptions,
     handler: H,
     draining: CancellationToken,
@@ -163,7 +167,7 @@ pub async fn serve_proxy<H, F, B>(
         max_bytes: options.max_header_bytes,
         max_headers: options.max_headers,
     };
-    let serve_one = |stream: TcpStream, peer: SocketAddr, drain: &Drain| {
+    let serve_one = |stream: TcpStream, peer: SocketAddr, drain: &Drain, seat: Option<Seat>| {
         let watcher = drain.graceful.watcher();
         let closing = drain.closing.clone();
         let draining = draining.clone();
@@ -172,6 +176,8 @@ pub async fn serve_proxy<H, F, B>(
         let hyper_handler = hyper_handler.clone();
         let tls = options.tls.clone();
         tokio::spawn(async move {
+            // Counts this connection against this worker until it ends.
+            let _seat = seat;
             let info = ConnInfo {
                 peer,
                 tls: tls.is_some(),
@@ -196,7 +202,7 @@ pub async fn serve_proxy<H, F, B>(
             }
         });
     };
-    accept_loop(NAME, listener, stop, grace, serve_one).await;
+    accept_loop(NAME, listener, Some(share), stop, grace, serve_one).await;
 }
 
 /// A proxy handler taking the requests hyper's server reads.
@@ -241,27 +247,42 @@ struct Drain {
     closing: CancellationToken,
 }
 
-/// Accepts connections until `stop` fires, then drains them (see [`serve`]).
+/// Accepts connections until `stop` fires, then drains them (see [`serve`]). With a
+/// `share`, connections are balanced with the other proxy workers (see [`balance`]).
 async fn accept_loop(
     name: &'static str,
     listener: TcpListener,
+    mut share: Option<Share>,
     stop: CancellationToken,
     grace: Duration,
-    serve_one: impl Fn(TcpStream, SocketAddr, &Drain),
+    serve_one: impl Fn(TcpStream, SocketAddr, &Drain, Option<Seat>),
 ) {
     let drain = Drain {
         graceful: GracefulShutdown::new(),
         closing: CancellationToken::new(),
     };
-    let serve_one = |stream: TcpStream, peer: SocketAddr| {
+    let serve_one = |stream: TcpStream, peer: SocketAddr, seat: Option<Seat>| {
         let _ = stream.set_nodelay(true);
-        serve_one(stream, peer, &drain);
+        serve_one(stream, peer, &drain, seat);
     };
     let mut last_accept = None;
     loop {
-        let (stream, peer) = tokio::select! {
+        let handed_here = async {
+            match share.as_mut() {
+                Some(share) => share.handed().await,
+                None => None,
+            }
+        };
+        tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
+                Ok((stream, peer)) => match &share {
+                    None => serve_one(stream, peer, None),
+                    Some(share) => {
+                        if let Some((stream, seat)) = share.place(stream, peer) {
+                            serve_one(stream, peer, Some(seat));
+                        }
+                    }
+                },
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(listener = name, error = %e, "accept failed");
@@ -269,15 +290,20 @@ async fn accept_loop(
                     continue;
                 }
             },
+            Some((stream, peer, seat)) = handed_here => serve_one(stream, peer, Some(seat)),
             () = stop.cancelled() => break,
-        };
-        serve_one(stream, peer);
+        }
         last_accept = Some(tokio::time::Instant::now());
     }
-    // Connections the kernel completed before the close are clients that already sent (or
-    // are sending) a request: serve them rather than reset them with the listener.
+    // Connections passed here by other workers, and those the kernel completed before the
+    // close, are clients that already sent (or are sending) a request: serve them rather
+    // than reset them with the listener. From here on this worker keeps what it accepts.
+    for (stream, peer, seat) in share.as_mut().map(Share::close).unwrap_or_default() {
+        serve_one(stream, peer, Some(seat));
+        last_accept = Some(tokio::time::Instant::now());
+    }
     while let Some(Ok((stream, peer))) = listener.accept().now_or_never() {
-        serve_one(stream, peer);
+        serve_one(stream, peer, share.as_ref().map(Share::seat_here));
         last_accept = Some(tokio::time::Instant::now());
     }
     drop(listener);
