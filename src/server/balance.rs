@@ -31,10 +31,10 @@ struct Worker {
 }
 
 /// A connection accepted by one worker for another.
-pub struct Handed {
-    pub stream: std::net::TcpStream,
-    pub peer: SocketAddr,
-    pub seat: Seat,
+struct Handed {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    seat: Seat,
 }
 
 /// One worker's part in the balance: its index and its inbox.

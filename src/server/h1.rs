@@ -772,13 +772,7 @@ mod tests {
     async fn the_drain_closes_an_idle_connection_and_lets_a_busy_one_finish() {
         let closing = CancellationToken::new();
         let (mut client, server) = connection(CancellationToken::new(), closing.clone()).await;
-        client
-            .write_all(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = [0u8; 512];
-        let n = client.read(&mut answer).await.unwrap();
-        assert!(String::from_utf8_lossy(&answer[..n]).contains("GET /a"));
+        assert!(first_answer(&mut client).await.contains("GET /a"));
         closing.cancel();
         assert!(matches!(server.await.unwrap(), Ended::Closed));
         assert_eq!(read_to_end(client).await, "");
@@ -786,6 +780,18 @@ mod tests {
         // Closing already: the request in hand is answered, then the connection closes.
         let (client, server) = connection(CancellationToken::new(), closing.clone()).await;
         answered_then_closed(client, server).await;
+    }
+
+    /// Sends `GET /a` and returns what the first read of the answer brings, the connection
+    /// left open.
+    async fn first_answer(client: &mut TcpStream) -> String {
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = [0u8; 512];
+        let n = client.read(&mut answer).await.unwrap();
+        String::from_utf8_lossy(&answer[..n]).into_owned()
     }
 
     /// Sends `GET /b` and expects its answer, with `Connection: close`, then the close.
@@ -806,13 +812,9 @@ mod tests {
     async fn once_draining_answers_ask_the_client_to_close() {
         let draining = CancellationToken::new();
         let (mut client, server) = connection(draining.clone(), CancellationToken::new()).await;
-        client
-            .write_all(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert!(!first_answer(&mut client)
             .await
-            .unwrap();
-        let mut answer = [0u8; 512];
-        let n = client.read(&mut answer).await.unwrap();
-        assert!(!String::from_utf8_lossy(&answer[..n]).contains("connection: close"));
+            .contains("connection: close"));
         draining.cancel();
         answered_then_closed(client, server).await;
     }
