@@ -112,6 +112,7 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), String> {
             draining: draining.clone(),
             stop: stop_proxy.clone(),
             grace,
+            cpu_affinity: config.proxy.cpu_affinity,
         },
     )
     .map_err(|e| format!("cannot start the proxy workers: {e}"))?;
@@ -265,6 +266,7 @@ fn keep_restart_only(next: &mut Config, running: &Config) -> Vec<&'static str> {
     keep!("proxy.max_header_bytes", proxy.max_header_bytes);
     keep!("proxy.max_headers", proxy.max_headers);
     keep!("proxy.workers", proxy.workers);
+    keep!("proxy.cpu_affinity", proxy.cpu_affinity);
     // Certificate files reload; turning TLS on or off changes the listener.
     if next.proxy.tls.is_some() != running.proxy.tls.is_some() {
         kept.push("proxy.tls");

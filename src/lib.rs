@@ -4,6 +4,7 @@
 //! [`config`], and the status listener in [`status`]. [`app`] wires them together.
 
 pub mod admin;
+pub mod affinity;
 pub mod app;
 pub mod auth;
 pub mod cli;

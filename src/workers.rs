@@ -20,6 +20,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use crate::affinity;
+use crate::config::CpuAffinity;
 use crate::proxy::Proxy;
 use crate::server::{self, ConnOptions};
 
@@ -58,6 +60,28 @@ fn listening_socket(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// The CPU for each worker under `proxy.cpu_affinity` (`crate::affinity`), logged either way.
+fn worker_cpus(mode: CpuAffinity, workers: usize) -> Option<Vec<usize>> {
+    let usable = match affinity::usable_cpus() {
+        Ok(usable) => usable,
+        Err(e) => {
+            tracing::info!(error = %e, "proxy workers not tied to CPUs");
+            return None;
+        }
+    };
+    let cpus = affinity::plan(mode, workers, &usable);
+    match &cpus {
+        Some(cpus) => tracing::info!(?cpus, "proxy workers tied to CPUs, one each"),
+        None => tracing::info!(
+            ?mode,
+            workers,
+            usable_cpus = usable.len(),
+            "proxy workers not tied to CPUs (auto ties them only when there are as many workers as CPUs)"
+        ),
+    }
+    cpus
+}
+
 /// How often a worker's heartbeat timer fires (see [`keep_next_wake_near`]).
 const HEARTBEAT: Duration = Duration::from_millis(250);
 
@@ -84,6 +108,7 @@ pub struct WorkerSettings {
     pub draining: CancellationToken,
     pub stop: CancellationToken,
     pub grace: Duration,
+    pub cpu_affinity: CpuAffinity,
 }
 
 /// The running workers. Stopping takes two steps: [`ProxyWorkers::served`] waits until
@@ -105,7 +130,9 @@ impl ProxyWorkers {
         let mut served = Vec::with_capacity(listeners.len());
         let mut threads = Vec::with_capacity(listeners.len());
         let shares = server::balance::shares(listeners.len());
+        let cpus = worker_cpus(settings.cpu_affinity, listeners.len());
         for (i, (listener, share)) in listeners.into_iter().zip(shares).enumerate() {
+            let cpu = cpus.as_ref().map(|cpus| cpus[i]);
             // Built here so a failure is reported at startup, not in a thread.
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -123,6 +150,11 @@ impl ProxyWorkers {
             let thread = std::thread::Builder::new()
                 .name(format!("keygate-proxy-{i}"))
                 .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        if let Err(e) = affinity::pin_current_thread(cpu) {
+                            tracing::warn!(worker = i, cpu, error = %e, "proxy worker cannot be tied to its CPU; the kernel places it");
+                        }
+                    }
                     runtime.block_on(async move {
                         let listener = match TcpListener::from_std(listener) {
                             Ok(l) => l,

@@ -458,6 +458,69 @@ async fn client_connections_spread_evenly_over_the_workers() {
     }
 }
 
+/// The CPU lists of keygate's `workers` proxy workers, read once each has served a
+/// connection (a worker ties itself to its CPU as it starts, before it serves anything).
+/// The connections stay open while they are placed, so each goes to a worker without one.
+async fn proxy_worker_cpus(gw: &Gateway, workers: usize) -> Vec<String> {
+    use tokio::io::AsyncWriteExt;
+    let mut conns = Vec::new();
+    for _ in 0..workers {
+        let mut conn = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+        conn.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_one_response(&mut conn).await, "HTTP/1.1 200 OK");
+        conns.push(conn);
+    }
+    gw.thread_cpus()
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("keygate-proxy-"))
+        .map(|(_, cpus)| cpus)
+        .collect()
+}
+
+#[tokio::test]
+async fn proxy_workers_are_tied_one_per_cpu_only_when_they_match_the_cpus() {
+    let up = echo_upstream().await;
+    let usable = own_cpu_list();
+    let cpus = cpu_count(&usable);
+    let start = |workers: usize, affinity: &str| {
+        Gateway::start(&format!(
+            "proxy: {{ listen: '127.0.0.1:0', workers: {workers}{affinity} }}\n\
+             routes:\n  - {{ name: open, upstream: 'http://{up}', auth: none }}\n"
+        ))
+    };
+
+    if cpus > 1 {
+        // As many workers as CPUs: each worker on a CPU of its own, the rest of keygate free.
+        let gw = start(cpus, "");
+        let tied = proxy_worker_cpus(&gw, cpus).await;
+        assert_eq!(tied.len(), cpus, "{:?}", gw.thread_cpus());
+        assert!(tied.iter().all(|l| cpu_count(l) == 1), "{tied:?}");
+        let mut distinct = tied.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), cpus, "one CPU each: {tied:?}");
+        let others: Vec<_> = gw
+            .thread_cpus()
+            .into_iter()
+            .filter(|(name, _)| !name.starts_with("keygate-proxy-"))
+            .collect();
+        assert!(others.iter().all(|(_, l)| *l == usable), "{others:?}");
+    }
+
+    // Turned off, or more workers than CPUs: every worker may run on every CPU.
+    for (workers, affinity) in [(cpus, ", cpu_affinity: off"), (cpus + 1, "")] {
+        let gw = start(workers, affinity);
+        let free = proxy_worker_cpus(&gw, workers).await;
+        assert_eq!(free.len(), workers, "{:?}", gw.thread_cpus());
+        assert!(
+            free.iter().all(|l| *l == usable),
+            "{workers}{affinity}: {free:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn oversized_request_head_is_refused_with_431() {
     let up = echo_upstream().await;

@@ -642,10 +642,13 @@ def cmd_report(a: argparse.Namespace) -> None:
         share = g.get("others", 0.0) / (ncpu * w["duration_us"] / 1e6)
         if share > 0.05:
             noisy.append(f"{names.get(t, t)} round {r}: {100 * share:.0f}%")
-    noise = ("Other processes on the machine (not part of the benchmark) took a share of the "
-             "CPUs during: " + "; ".join(noisy) + ". Those runs are disturbed; compare rounds, "
+        stolen = g.get("steal", 0.0) / (ncpu * w["duration_us"] / 1e6)
+        if stolen > 0.05:
+            noisy.append(f"{names.get(t, t)} round {r}: {100 * stolen:.0f}% to other guests (steal)")
+    noise = ("Other processes on the machine, or the hypervisor for other guests, took a share of "
+             "the CPUs during: " + "; ".join(noisy) + ". Those runs are disturbed; compare rounds, "
              "or rerun on a quiet machine.") if noisy else \
-        "No run was disturbed by other processes (each under 5% of the CPUs)."
+        "No run was disturbed by other processes or by the hypervisor (each under 5% of the CPUs)."
     result = {
         "noise": noise,
         "table": table,
@@ -683,6 +686,15 @@ def cmd_garbage_summary(a: argparse.Namespace) -> None:
         print()
     print(f"Verdict: **{'PASS' if ok else 'FAIL'}** (zero store requests during the flood).")
     sys.exit(0 if ok else 3)
+
+
+def cmd_steal(a: argparse.Namespace) -> None:
+    """The share of all CPUs' time the hypervisor gave to other guests between two `cpu`
+    snapshots, in percent (whole number)."""
+    before, after = load(a.before), load(a.after)
+    stolen = sum(after["cores"][k]["steal"] - v["steal"] for k, v in before["cores"].items())
+    total = sum(after["cores"][k]["total"] - v["total"] for k, v in before["cores"].items())
+    print(round(100.0 * stolen / total) if total else 0)
 
 
 def cmd_tree(a: argparse.Namespace) -> None:
@@ -752,6 +764,8 @@ def main() -> None:
     s.add_argument("--threads-of", type=int); s.set_defaults(f=cmd_cpu)
     s = sub.add_parser("garbage-summary"); s.add_argument("dir"); s.add_argument("targets")
     s.add_argument("rounds", type=int); s.set_defaults(f=cmd_garbage_summary)
+    s = sub.add_parser("steal"); s.add_argument("before"); s.add_argument("after")
+    s.set_defaults(f=cmd_steal)
     s = sub.add_parser("tree"); s.add_argument("pid", type=int); s.set_defaults(f=cmd_tree)
     s = sub.add_parser("perfstat-report"); s.add_argument("dir"); s.add_argument("targets")
     s.add_argument("window", type=float); s.set_defaults(f=cmd_perfstat_report)

@@ -15,7 +15,7 @@ use http::header::HeaderName;
 use http::{Method, Uri};
 
 pub use duration::HumanDuration;
-pub use raw::{AuthMode, LogFormat, RawConfig, RedisMode, StoreBackend};
+pub use raw::{AuthMode, CpuAffinity, LogFormat, RawConfig, RedisMode, StoreBackend};
 
 /// Environment variable that overrides `store.redis.url` (it usually carries a password).
 pub const ENV_REDIS_URL: &str = "KEYGATE_REDIS_URL";
@@ -86,6 +86,7 @@ pub struct ProxyConfig {
     pub max_headers: usize,
     /// Proxy worker threads, each with its own event loop and listening socket.
     pub workers: usize,
+    pub cpu_affinity: CpuAffinity,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -431,6 +432,7 @@ pub fn validate(
             }
             n => n,
         },
+        cpu_affinity: raw.proxy.cpu_affinity,
     };
 
     let token_env = raw.admin.token_env.trim().to_owned();
@@ -951,6 +953,17 @@ mod tests {
         assert!(msg.contains("at most 1024"), "{msg}");
         let (path, _) = error_of(&format!("proxy: {{ workers: -1 }}\n{MINIMAL}"));
         assert_eq!(path, "proxy.workers");
+    }
+
+    #[test]
+    fn cpu_affinity_is_auto_unless_turned_off() {
+        let c = Config::from_yaml(MINIMAL, &no_env).unwrap();
+        assert_eq!(c.proxy.cpu_affinity, CpuAffinity::Auto);
+        let off = format!("proxy: {{ cpu_affinity: off }}\n{MINIMAL}");
+        let c = Config::from_yaml(&off, &no_env).unwrap();
+        assert_eq!(c.proxy.cpu_affinity, CpuAffinity::Off);
+        let (path, _) = error_of(&format!("proxy: {{ cpu_affinity: pinned }}\n{MINIMAL}"));
+        assert_eq!(path, "proxy.cpu_affinity");
     }
 
     #[test]

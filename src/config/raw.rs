@@ -84,6 +84,7 @@ pub struct RawProxy {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub workers: usize,
+    pub cpu_affinity: CpuAffinity,
 }
 
 impl Default for RawProxy {
@@ -95,6 +96,7 @@ impl Default for RawProxy {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_headers: DEFAULT_MAX_HEADERS,
             workers: DEFAULT_PROXY_WORKERS,
+            cpu_affinity: CpuAffinity::default(),
         }
     }
 }
@@ -164,6 +166,18 @@ impl Default for RawEmbedded {
             path: DEFAULT_EMBEDDED_PATH.into(),
         }
     }
+}
+
+/// Whether the proxy workers are tied to CPUs (`proxy.cpu_affinity`; see `src/affinity.rs`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuAffinity {
+    /// One worker per CPU when the workers are exactly as many as the CPUs keygate may run
+    /// on; otherwise left to the kernel.
+    #[default]
+    Auto,
+    /// Always left to the kernel's scheduler.
+    Off,
 }
 
 /// How keygate finds its Redis (`store.redis.mode`).

@@ -152,6 +152,46 @@ impl Gateway {
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
+
+    /// Each thread's name and the CPUs it may run on (`Cpus_allowed_list` in /proc), sorted.
+    pub fn thread_cpus(&self) -> Vec<(String, String)> {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        let mut threads: Vec<(String, String)> = std::fs::read_dir(tasks)
+            .unwrap()
+            .filter_map(|task| {
+                let dir = task.ok()?.path();
+                let name = std::fs::read_to_string(dir.join("comm")).ok()?;
+                let status = std::fs::read_to_string(dir.join("status")).ok()?;
+                let cpus = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
+                Some((name.trim().to_owned(), cpus.trim().to_owned()))
+            })
+            .collect();
+        threads.sort();
+        threads
+    }
+}
+
+/// The CPUs this test process may run on (`Cpus_allowed_list` of /proc/self/status).
+pub fn own_cpu_list() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// How many CPUs a `Cpus_allowed_list` such as `0-3,6` names.
+pub fn cpu_count(list: &str) -> usize {
+    list.split(',')
+        .map(|part| match part.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1,
+            None => 1,
+        })
+        .sum()
 }
 
 impl Drop for Gateway {
