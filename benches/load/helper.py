@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import re
 import socket
 import statistics
 import string
@@ -697,6 +698,56 @@ def cmd_steal(a: argparse.Namespace) -> None:
     print(round(100.0 * stolen / total) if total else 0)
 
 
+def cmd_trace_report(a: argparse.Namespace) -> None:
+    """Markdown table from `trace.bt` outputs (trace-<target>.txt in `dir`): socket waits by
+    (reader, sender) and proxy worker preemptions. bpftrace prints each map twice (once by
+    `print`, once on exit); the second copy overwrites the first."""
+    classes = {"1": "wrk", "2": "upstream", "3": "proxy", "4": "other"}
+    print("| target | proxy reads wrk's request | upstream reads proxy's request | "
+          "proxy reads upstream's answer | wrk reads proxy's answer | proxy workers preempted: "
+          "times; ≥ 2 ms, by whom | steal |")
+    print("|---|---|---|---|---|---|---:|")
+    for t in a.targets.split(","):
+        path = os.path.join(a.dir, f"trace-{t}.txt")
+        if not os.path.exists(path):
+            continue
+        text = open(path).read()
+        waits: dict[tuple[str, str], dict[int, int]] = {}
+        for block in re.split(r"\n(?=@)", text):
+            m = re.match(r"@wait_us\[(\d+), (\d+)\]:", block)
+            if not m:
+                continue
+            rows = {int(lo): int(n) for lo, n in re.findall(r"\[(\d+), \d+\)\s+(\d+)", block)}
+            rows.update({10000: int(n) for n in re.findall(r"\[10000, \.\.\.\)\s+(\d+)", block)})
+            waits[(classes.get(m.group(1), "?"), classes.get(m.group(2), "?"))] = rows
+
+        def summary(reader: str, sender: str) -> str:
+            rows = waits.get((reader, sender))
+            if not rows:
+                return "—"
+            n = sum(rows.values())
+            mean = sum((lo + 50) * c for lo, c in rows.items()) / n
+
+            def q(p: float) -> str:  # the upper bound of the 100 µs bucket holding quantile p
+                acc = 0
+                for lo in sorted(rows):
+                    acc += rows[lo]
+                    if acc >= p * n:
+                        return "≥ 10" if lo >= 10000 else f"{(lo + 100) / 1000:.1f}"
+                return "?"
+            return f"{mean / 1000:.2f} / {q(0.99)} / {q(0.999)} ms"
+
+        pre = re.search(r"@preempted: (\d+)", text)
+        long = dict(re.findall(r"@long_preemptions\[(.*?)\]: (\d+)", text))
+        long_sum = sum(int(n) for n in long.values())
+        by = ", ".join(f"{who} {n}" for who, n in sorted(long.items(), key=lambda x: -int(x[1]))) or "none"
+        steal_path = os.path.join(a.dir, f"trace-{t}.steal")
+        steal = open(steal_path).read().strip() + "%" if os.path.exists(steal_path) else "—"
+        print(f"| {t} | {summary('proxy', 'wrk')} | {summary('upstream', 'proxy')} | "
+              f"{summary('proxy', 'upstream')} | {summary('wrk', 'proxy')} | "
+              f"{pre.group(1) if pre else '?'}; {long_sum} ({by}) | {steal} |")
+
+
 def cmd_tree(a: argparse.Namespace) -> None:
     print(",".join(str(p) for p in descendants(a.pid)))
 
@@ -766,6 +817,8 @@ def main() -> None:
     s.add_argument("rounds", type=int); s.set_defaults(f=cmd_garbage_summary)
     s = sub.add_parser("steal"); s.add_argument("before"); s.add_argument("after")
     s.set_defaults(f=cmd_steal)
+    s = sub.add_parser("trace-report"); s.add_argument("dir"); s.add_argument("targets")
+    s.set_defaults(f=cmd_trace_report)
     s = sub.add_parser("tree"); s.add_argument("pid", type=int); s.set_defaults(f=cmd_tree)
     s = sub.add_parser("perfstat-report"); s.add_argument("dir"); s.add_argument("targets")
     s.add_argument("window", type=float); s.set_defaults(f=cmd_perfstat_report)
