@@ -4,8 +4,8 @@
 //! the other CPU serves the upstream or the clients; one worker then waits out the other's
 //! time slice, about 4 ms, and every connection it serves waits with it. Traced on the load
 //! harness's 2-CPU machine (BENCHMARKS.md), that was most of keygate's p99 against HAProxy's:
-//! 110 such waits of 2 ms or more in 5 s unpinned, none pinned. nginx's
-//! `worker_cpu_affinity auto` and HAProxy's `cpu-map` do the same, as options.
+//! unpinned, a worker waited 2 ms or more behind the other 110 times in 5 s; pinned, never.
+//! nginx's `worker_cpu_affinity auto` and HAProxy's `cpu-map` do the same, as options.
 //!
 //! Only when the workers are exactly as many as the CPUs keygate may run on (a machine or a
 //! cpuset of its own). With more CPUs than workers, as in a container held to two CPUs' worth
