@@ -130,9 +130,9 @@ impl ProxyWorkers {
         let mut served = Vec::with_capacity(listeners.len());
         let mut threads = Vec::with_capacity(listeners.len());
         let shares = server::balance::shares(listeners.len());
-        let cpus = worker_cpus(settings.cpu_affinity, listeners.len());
+        let cpus = worker_cpus(settings.cpu_affinity, listeners.len()).unwrap_or_default();
         for (i, (listener, share)) in listeners.into_iter().zip(shares).enumerate() {
-            let cpu = cpus.as_ref().map(|cpus| cpus[i]);
+            let cpu = cpus.get(i).copied();
             // Built here so a failure is reported at startup, not in a thread.
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

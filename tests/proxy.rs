@@ -405,6 +405,22 @@ async fn read_one_response(conn: &mut tokio::net::TcpStream) -> String {
     .expect("response within 10 s")
 }
 
+/// `count` connections to the proxy, opened one after another and each answered a `GET
+/// path` before the next opens, so every placement over the workers sees the ones before it.
+async fn served_connections(gw: &Gateway, path: &str, count: usize) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut conns = Vec::new();
+    for _ in 0..count {
+        let mut conn = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+        conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(read_one_response(&mut conn).await, "HTTP/1.1 200 OK");
+        conns.push(conn);
+    }
+    conns
+}
+
 #[tokio::test]
 async fn client_connections_spread_evenly_over_the_workers() {
     use tokio::io::AsyncWriteExt;
@@ -425,15 +441,7 @@ async fn client_connections_spread_evenly_over_the_workers() {
     };
     // Opened one after another and each used, so every placement sees the ones before it;
     // the workers share one socket, so either may accept any of them.
-    let mut conns = Vec::new();
-    for _ in 0..8 {
-        let mut conn = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
-        conn.write_all(b"GET /o/x HTTP/1.1\r\nHost: t\r\n\r\n")
-            .await
-            .unwrap();
-        assert_eq!(read_one_response(&mut conn).await, "HTTP/1.1 200 OK");
-        conns.push(conn);
-    }
+    let mut conns = served_connections(&gw, "/o/x", 8).await;
     let text = get(&c, &gw.status_url("/metrics")).await.text();
     assert_eq!(open_per_worker(&text), [4.0, 4.0], "{text}");
     // A connection served by the other worker keeps working there.
@@ -462,16 +470,7 @@ async fn client_connections_spread_evenly_over_the_workers() {
 /// connection (a worker ties itself to its CPU as it starts, before it serves anything).
 /// The connections stay open while they are placed, so each goes to a worker without one.
 async fn proxy_worker_cpus(gw: &Gateway, workers: usize) -> Vec<String> {
-    use tokio::io::AsyncWriteExt;
-    let mut conns = Vec::new();
-    for _ in 0..workers {
-        let mut conn = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
-        conn.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
-            .await
-            .unwrap();
-        assert_eq!(read_one_response(&mut conn).await, "HTTP/1.1 200 OK");
-        conns.push(conn);
-    }
+    let _conns = served_connections(gw, "/x", workers).await;
     gw.thread_cpus()
         .into_iter()
         .filter(|(name, _)| name.starts_with("keygate-proxy-"))

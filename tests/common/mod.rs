@@ -162,10 +162,7 @@ impl Gateway {
                 let dir = task.ok()?.path();
                 let name = std::fs::read_to_string(dir.join("comm")).ok()?;
                 let status = std::fs::read_to_string(dir.join("status")).ok()?;
-                let cpus = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
-                Some((name.trim().to_owned(), cpus.trim().to_owned()))
+                Some((name.trim().to_owned(), cpus_allowed(&status)?))
             })
             .collect();
         threads.sort();
@@ -175,13 +172,15 @@ impl Gateway {
 
 /// The CPUs this test process may run on (`Cpus_allowed_list` of /proc/self/status).
 pub fn own_cpu_list() -> String {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
+    cpus_allowed(&std::fs::read_to_string("/proc/self/status").unwrap()).unwrap()
+}
+
+/// The `Cpus_allowed_list` of a /proc `status` file, such as `0-3,6`.
+fn cpus_allowed(status: &str) -> Option<String> {
+    let list = status
         .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .unwrap()
-        .trim()
-        .to_owned()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
+    Some(list.trim().to_owned())
 }
 
 /// How many CPUs a `Cpus_allowed_list` such as `0-3,6` names.
