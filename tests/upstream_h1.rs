@@ -902,6 +902,52 @@ async fn hop_by_hop_response_headers_do_not_reach_the_client() {
     assert!(r.headers.get("x-foo").is_none() && r.headers.get("keep-alive").is_none());
 }
 
+/// The upstream's headers reach the client as it sent them (repeated ones repeated, its
+/// `Date` its own, once) with the framing the gateway frames the body by and the gateway's
+/// `X-Request-Id` in place of the upstream's, whichever server writes the answer: keygate's
+/// own HTTP/1.1 loop, or hyper's (HTTP/1.0, a request with a body).
+#[tokio::test]
+async fn the_upstreams_headers_arrive_once_each_with_the_gateways_request_id() {
+    let up = Upstream::start(|_| {
+        keep(
+            b"HTTP/1.1 201 Created\r\nServer: up/1\r\nDate: Tue, 01 Dec 2026 10:00:00 GMT\r\n\
+              Set-Cookie: a=1\r\nX-Request-Id: from-upstream\r\nset-cookie: b=2\r\n\
+              Content-Length: 5\r\n\r\nhello",
+        )
+    })
+    .await;
+    let gw = gateway_to(&up);
+    let requests: [(&str, &[u8]); 3] = [
+        (
+            "keygate's loop",
+            b"GET /a HTTP/1.1\r\nHost: gw\r\nX-Request-Id: mine\r\n\r\n",
+        ),
+        (
+            "hyper, HTTP/1.0",
+            b"GET /b HTTP/1.0\r\nHost: gw\r\nX-Request-Id: mine\r\n\r\n",
+        ),
+        (
+            "hyper, a body",
+            b"POST /c HTTP/1.1\r\nHost: gw\r\nX-Request-Id: mine\r\nContent-Length: 2\r\n\r\nhi",
+        ),
+    ];
+    for (what, request) in requests {
+        let (head, body) = raw(&gw, "GET", request).await;
+        assert_eq!(head.status(), 201, "{what}");
+        assert_eq!(body, b"hello", "{what}");
+        assert_eq!(head.all("x-request-id"), ["mine"], "{what}: {head:?}");
+        assert_eq!(head.all("set-cookie"), ["a=1", "b=2"], "{what}: {head:?}");
+        assert_eq!(head.all("server"), ["up/1"], "{what}: {head:?}");
+        assert_eq!(
+            head.all("date"),
+            ["Tue, 01 Dec 2026 10:00:00 GMT"],
+            "{what}: {head:?}"
+        );
+        assert_eq!(head.all("content-length"), ["5"], "{what}: {head:?}");
+        assert!(head.get("transfer-encoding").is_none(), "{what}: {head:?}");
+    }
+}
+
 // 11. Bytes that arrive on an idle pooled connection.
 
 /// Some servers write a `408 Request Timeout` on a keep-alive connection before closing it

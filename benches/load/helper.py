@@ -496,13 +496,28 @@ def descendants(root: int) -> list[int]:
     return out
 
 
-def ticks(pid: int) -> int:
+def user_system_ticks(pid: int) -> tuple[int, int]:
+    """utime and stime of a process (all its threads), in clock ticks."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rpartition(")")[2].split()
-        return int(fields[11]) + int(fields[12])  # utime + stime (all threads)
+        return int(fields[11]), int(fields[12])
     except OSError:
-        return 0
+        return 0, 0
+
+
+def ticks(pid: int) -> int:
+    return sum(user_system_ticks(pid))
+
+
+def cmd_times(a: argparse.Namespace) -> None:
+    """User and system CPU seconds of the processes `pids` (comma-separated), as JSON."""
+    hz = os.sysconf("SC_CLK_TCK")
+    user = system = 0
+    for pid in a.pids.split(","):
+        u, s = user_system_ticks(int(pid))
+        user, system = user + u, system + s
+    print(json.dumps({"t": time.time(), "user_s": user / hz, "system_s": system / hz}))
 
 
 def cmd_cpu(a: argparse.Namespace) -> None:
@@ -753,10 +768,13 @@ def cmd_tree(a: argparse.Namespace) -> None:
 
 
 def cmd_perfstat_report(a: argparse.Namespace) -> None:
-    """Per-request system calls and context switches from `perf stat -x,` files."""
+    """Per-request system calls, context switches and CPU time from `perf stat -x,` files,
+    and the CPU time split into user and kernel (system) time from /proc around the window
+    (times-<target>-before/after.json): the kernel's part is mostly loopback TCP, which
+    every proxy pays alike; the user part is the proxy's own code."""
     print("| target | requests/s (this run) | syscalls/request | context switches/request | "
-          "CPU µs/request |")
-    print("|---|---:|---:|---:|---:|")
+          "CPU µs/request | user / system µs/request |")
+    print("|---|---:|---:|---:|---:|---|")
     for t in a.targets.split(","):
         csv = os.path.join(a.dir, f"perfstat-{t}.csv")
         wj = os.path.join(a.dir, f"perfstat-{t}.json")
@@ -777,7 +795,19 @@ def cmd_perfstat_report(a: argparse.Namespace) -> None:
         cs = counts.get("context-switches")
         cpu = counts.get("cpu-clock")  # milliseconds
         f = lambda v, scale=1.0: f"{v * scale / reqs:.2f}" if v is not None and reqs else "—"
-        print(f"| {t} | {rps:,.0f} | {f(sc)} | {f(cs)} | {f(cpu, 1000.0)} |")
+        split = "—"
+        before = os.path.join(a.dir, f"times-{t}-before.json")
+        after = os.path.join(a.dir, f"times-{t}-after.json")
+        if os.path.exists(before) and os.path.exists(after):
+            b, e = load(before), load(after)
+            # The /proc snapshots bracket the perf stat window (a little longer: perf's
+            # start-up), so they are scaled by requests over their own elapsed time.
+            span = e["t"] - b["t"]
+            n = rps * span
+            if n:
+                split = (f"{(e['user_s'] - b['user_s']) * 1e6 / n:.2f} / "
+                         f"{(e['system_s'] - b['system_s']) * 1e6 / n:.2f}")
+        print(f"| {t} | {rps:,.0f} | {f(sc)} | {f(cs)} | {f(cpu, 1000.0)} | {split} |")
 
 
 def main() -> None:
@@ -820,6 +850,7 @@ def main() -> None:
     s = sub.add_parser("trace-report"); s.add_argument("dir"); s.add_argument("targets")
     s.set_defaults(f=cmd_trace_report)
     s = sub.add_parser("tree"); s.add_argument("pid", type=int); s.set_defaults(f=cmd_tree)
+    s = sub.add_parser("times"); s.add_argument("pids"); s.set_defaults(f=cmd_times)
     s = sub.add_parser("perfstat-report"); s.add_argument("dir"); s.add_argument("targets")
     s.add_argument("window", type=float); s.set_defaults(f=cmd_perfstat_report)
     s = sub.add_parser("report"); s.add_argument("dir"); s.add_argument("targets")

@@ -144,6 +144,9 @@ pub struct Principal {
     owner: Arc<UserEntry>,
     /// Set when the key narrows its owner's permissions.
     narrowed: Option<(Vec<String>, HeaderValue)>,
+    /// The Unix time (whole seconds) at which the key was checked unexpired: also the time
+    /// of its use, so that a request reads the wall clock once.
+    checked_unix_s: u32,
 }
 
 impl Principal {
@@ -356,13 +359,14 @@ impl Verifier {
         }
     }
 
-    /// Notes an admitted request of `principal` for its key's `last_used_at`.
+    /// Notes an admitted request of `principal` for its key's `last_used_at`: the time its
+    /// key was checked.
     pub fn note_use(&self, principal: &Principal) {
-        let unix_s = u32::try_from(unix_ms() / 1000).unwrap_or(u32::MAX);
-        self.caches
-            .load()
-            .keys
-            .note_use(&principal.hash, || principal.key.id(), unix_s);
+        self.caches.load().keys.note_use(
+            &principal.hash,
+            || principal.key.id(),
+            principal.checked_unix_s,
+        );
     }
 
     /// Key uses noted and not yet taken, a part at a time (see [`KeyCache::take_uses_in`]):
@@ -399,13 +403,17 @@ impl Verifier {
         if !key.enabled() {
             return Err(Refusal::KeyDisabled);
         }
-        if key.facts.expires_at_ms <= unix_ms() {
+        let checked_ms = unix_ms();
+        if key.facts.expires_at_ms <= checked_ms {
             return Err(Refusal::KeyExpired);
         }
         let user_entry = if self.stands(&owner, &caches.policy, now_ms) {
             owner.entry
         } else {
-            self.owner_entry(&caches, hash, key.owner(), now_ms).await?
+            // Boxed: a user cache lookup (moka, and the store behind it) is a future of a
+            // kilobyte, which every request's future would otherwise carry for a path that
+            // hits seldom take.
+            Box::pin(self.owner_entry(&caches, hash, key.owner(), now_ms)).await?
         };
         let Some(user) = user_entry.user.as_deref() else {
             return Err(Refusal::InvalidKey);
@@ -423,6 +431,7 @@ impl Verifier {
             hash: *hash,
             owner: user_entry,
             narrowed,
+            checked_unix_s: u32::try_from(checked_ms / 1000).unwrap_or(u32::MAX),
         })
     }
 

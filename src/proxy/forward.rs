@@ -4,8 +4,9 @@
 //! ([`super::h1`]); TLS, HTTP/2 and protocol upgrades through hyper's.
 
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use http::request::Parts;
 use http::{Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
@@ -60,59 +61,69 @@ impl Upstreams {
         })
     }
 
-    /// Sends the request and waits up to `timeout` for the response head. The body then
-    /// streams without a deadline: a large download is not a slow upstream.
-    /// The headers are rewritten on the way: written straight into the request head by our
-    /// client, edited in the request for hyper's.
+    /// Sends the request (`head`, with the upstream's URI, and `body`) and waits up to
+    /// `timeout` from `sent` for the response head. The body then streams without a
+    /// deadline: a large download is not a slow upstream. (`sent` is the caller's clock
+    /// reading, which times the exchange: a request reads the clock once less.) The headers are rewritten on the way: written
+    /// straight into the request head by our client, edited in the request for hyper's,
+    /// which takes `head` (left empty).
     pub async fn send(
+        &self,
+        head: &mut Parts,
+        body: RequestBody,
+        rewrite: &RequestHeaders<'_>,
+        via: Via,
+        sent: Instant,
+        timeout: Duration,
+    ) -> Result<Response<UpstreamBody>, ForwardError> {
+        let deadline = tokio::time::Instant::from_std(sent + timeout);
+        if via != Via::Direct {
+            // Boxed: hyper's client future is large, and the common path should not carry
+            // its size (every request's future is moved as a whole at least once).
+            let req = Request::from_parts(std::mem::replace(head, empty_head()), body);
+            return Box::pin(self.send_negotiated(req, rewrite, via, deadline, timeout)).await;
+        }
+        let (Some(authority), Some(target)) = (head.uri.authority(), head.uri.path_and_query())
+        else {
+            return Err(boxed("upstream URI without authority or path"));
+        };
+        let send = self.direct.send(UpstreamRequest {
+            authority,
+            method: &head.method,
+            target,
+            headers: |writer: &mut HeadWriter<'_>| rewrite.emit(&head.headers, writer),
+            body,
+        });
+        match tokio::time::timeout_at(deadline, send).await {
+            Ok(response) => Ok(response.map_err(boxed)?.map(Either::Right)),
+            Err(_) => Err(ForwardError::Timeout(timeout)),
+        }
+    }
+
+    async fn send_negotiated(
         &self,
         mut req: Request<RequestBody>,
         rewrite: &RequestHeaders<'_>,
         via: Via,
+        deadline: tokio::time::Instant,
         timeout: Duration,
     ) -> Result<Response<UpstreamBody>, ForwardError> {
-        let result = match via {
-            Via::Direct => tokio::time::timeout(timeout, self.send_direct(req, rewrite)).await,
-            Via::Negotiated | Via::Http2 => {
-                rewrite.apply(req.headers_mut());
-                let client = if via == Via::Http2 {
-                    &self.http2_only
-                } else {
-                    &self.negotiated
-                };
-                tokio::time::timeout(timeout, async {
-                    let response = client.request(req).await.map_err(boxed)?;
-                    Ok(response.map(Either::Left))
-                })
-                .await
-            }
+        rewrite.apply(req.headers_mut());
+        let client = if via == Via::Http2 {
+            &self.http2_only
+        } else {
+            &self.negotiated
         };
-        result.unwrap_or(Err(ForwardError::Timeout(timeout)))
+        match tokio::time::timeout_at(deadline, client.request(req)).await {
+            Ok(response) => Ok(response.map_err(boxed)?.map(Either::Left)),
+            Err(_) => Err(ForwardError::Timeout(timeout)),
+        }
     }
+}
 
-    async fn send_direct(
-        &self,
-        req: Request<RequestBody>,
-        rewrite: &RequestHeaders<'_>,
-    ) -> Result<Response<UpstreamBody>, ForwardError> {
-        let (parts, body) = req.into_parts();
-        let (Some(authority), Some(target)) = (parts.uri.authority(), parts.uri.path_and_query())
-        else {
-            return Err(boxed("upstream URI without authority or path"));
-        };
-        let response = self
-            .direct
-            .send(UpstreamRequest {
-                authority,
-                method: &parts.method,
-                target,
-                headers: |head: &mut HeadWriter<'_>| rewrite.emit(&parts.headers, head),
-                body,
-            })
-            .await
-            .map_err(boxed)?;
-        Ok(response.map(Either::Right))
-    }
+/// A request head with nothing in it, left where one was taken.
+fn empty_head() -> Parts {
+    Request::new(()).into_parts().0
 }
 
 fn boxed(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> ForwardError {

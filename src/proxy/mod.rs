@@ -20,6 +20,7 @@ use arc_swap::ArcSwap;
 use crate::server::RequestBody;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
+use http::request::Parts;
 use http::uri::Scheme;
 use http::{Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
@@ -29,7 +30,7 @@ use crate::auth::verifier::CachedKey;
 use crate::auth::{Authenticator, Caller, IdentityHeaders, Verifier};
 use crate::config::{AuthMode, Config, UpstreamConfig};
 use crate::limits::{retry_after_secs, RateLimits};
-use crate::server::ConnInfo;
+use crate::server::{CarriesHeaders, ConnInfo};
 use crate::store::RateLimit;
 use crate::telemetry::RouteMetrics;
 use forward::{ForwardError, UpstreamBody, Upstreams, Via};
@@ -92,8 +93,9 @@ struct Exchange<'s> {
     route: Option<&'s Route>,
     /// `ok`, `anonymous`, `unchecked` (auth: none), or the refusal code.
     decision: &'static str,
-    /// For the access log only (left out when it is off).
-    key: Option<CachedKey>,
+    /// For the access log only (left out when it is off). Boxed: inline, the key's text
+    /// would add 200 bytes to every request's future, which is moved as a whole.
+    key: Option<Box<CachedKey>>,
     upstream: Option<Duration>,
 }
 
@@ -124,14 +126,19 @@ impl Proxy {
     }
 
     /// The hyper service entry point: never fails, every outcome is a response.
+    ///
+    /// The request is taken apart here once, and its head is lent to each stage rather
+    /// than moved: every move of a request is a copy of 260 bytes, and every future that
+    /// takes one by value keeps room for it (the profile showed the copies, `memmove`).
     pub async fn handle(
         self: Arc<Self>,
         req: Request<RequestBody>,
         conn: ConnInfo,
     ) -> Result<Response<ProxyBody>, Infallible> {
+        let (mut head, body) = req.into_parts();
         let state = self.state.load_full();
         let mut exchange = Exchange {
-            request_id: rewrite::request_id(req.headers()),
+            request_id: rewrite::request_id(&head.headers),
             started: Instant::now(),
             route: None,
             decision: "unchecked",
@@ -139,23 +146,32 @@ impl Proxy {
             upstream: None,
         };
         // For the access log (the request itself moves upstream): shared bytes, but still
-        // a reference count per part, so taken only when the log is on.
+        // a reference count per part, so taken only when the log is on; boxed, so that the
+        // future of a request without it stays small.
         let logged = state
             .access_log
-            .then(|| (req.method().clone(), req.uri().clone()));
-        let mut response = match self.process(&state, req, &conn, &mut exchange).await {
+            .then(|| Box::new((head.method.clone(), head.uri.clone())));
+        let processed = self
+            .process(&state, &mut head, body, &conn, &mut exchange)
+            .await;
+        let mut response = match processed {
             Ok(response) => response.map(Either::Left),
             Err(refusal) => refusal::render(&refusal, &exchange.request_id).map(Either::Right),
         };
         response
             .headers_mut()
             .insert(rewrite::X_REQUEST_ID, exchange.request_id.clone());
+        // The upstream's own, if it sent one, is replaced like any other.
+        if let Some(upstream_headers) = response.body_mut().header_block_mut() {
+            upstream_headers.remove(&rewrite::X_REQUEST_ID);
+        }
         let elapsed = exchange.started.elapsed();
         let metrics = exchange
             .route
             .map_or(RouteMetrics::unrouted(), |r| &*r.metrics);
         metrics.record_request(response.status(), elapsed);
-        if let Some((method, uri)) = &logged {
+        if let Some(logged) = &logged {
+            let (method, uri) = &**logged;
             access_log(&exchange, method, uri, &conn, response.status(), elapsed);
         }
         Ok(response)
@@ -165,16 +181,17 @@ impl Proxy {
     async fn process<'s>(
         &self,
         state: &'s ProxyState,
-        mut req: Request<RequestBody>,
+        req: &mut Parts,
+        body: RequestBody,
         conn: &ConnInfo,
         exchange: &mut Exchange<'s>,
     ) -> Result<Response<UpstreamBody>, Refusal> {
-        if let Some(path) = route::normalize_path(req.uri().path()) {
-            replace_path(&mut req, &path)?;
+        if let Some(path) = route::normalize_path(req.uri.path()) {
+            replace_path(&mut req.uri, &path)?;
         }
         let route = state
             .router
-            .find(req.method(), request_host(&req), req.uri().path())
+            .find(&req.method, request_host(req), req.uri.path())
             .ok_or(Refusal::NoRoute)?;
         exchange.route = Some(route);
 
@@ -194,7 +211,7 @@ impl Proxy {
         }
         let caller = state
             .auth
-            .authenticate(route.config.auth, req.headers())
+            .authenticate(route.config.auth, &req.headers)
             .await;
         let caller = caller.inspect_err(|r| {
             exchange.decision = r.code();
@@ -213,7 +230,7 @@ impl Proxy {
         if let Caller::Key(principal) = &caller {
             if state.access_log {
                 // Only the access log names the key: no copy of it otherwise.
-                exchange.key = Some(principal.key.clone());
+                exchange.key = Some(Box::new(principal.key.clone()));
             }
             self.limits.admit_principal(principal).map_err(|wait| {
                 exchange.decision = "rate_limited";
@@ -223,31 +240,36 @@ impl Proxy {
             })?;
             self.verifier.note_use(principal);
         }
-        self.forward(state, route, req, conn, &caller, exchange)
+        self.forward(state, route, req, body, conn, &caller, exchange)
             .await
     }
 
     /// rewrite → forward → the upstream's response.
+    #[allow(clippy::too_many_arguments)] // the request's head and body, and what it met
     async fn forward(
         &self,
         state: &ProxyState,
         route: &Route,
-        mut req: Request<RequestBody>,
+        req: &mut Parts,
+        body: RequestBody,
         conn: &ConnInfo,
         caller: &Caller,
         exchange: &mut Exchange<'_>,
     ) -> Result<Response<UpstreamBody>, Refusal> {
         // Upgrades are an HTTP/1.1 mechanism on both sides; on an HTTP/2 upstream the
         // request goes through as a plain request without its upgrade headers.
-        let upgrade = req.version() == Version::HTTP_11
+        let upgrade = req.version == Version::HTTP_11
             && !route.config.upstream_http2
-            && rewrite::wants_upgrade(req.headers());
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+            && rewrite::wants_upgrade(&req.headers);
+        // What `hyper::upgrade::on` takes from a request (it takes no request head).
+        let client_upgrade = upgrade
+            .then(|| req.extensions.remove::<hyper::upgrade::OnUpgrade>())
+            .flatten();
 
-        let original_host = request_host_value(&req);
+        let original_host = request_host_value(req);
         let uri = rewrite::upstream_uri(
             &route.config.upstream,
-            req.uri(),
+            &req.uri,
             route
                 .config
                 .strip_prefix
@@ -258,8 +280,8 @@ impl Proxy {
             Refusal::BadRequest
         })?;
 
-        *req.uri_mut() = uri;
-        *req.version_mut() = if route.config.upstream_http2 {
+        req.uri = uri;
+        req.version = if route.config.upstream_http2 {
             Version::HTTP_2
         } else {
             Version::HTTP_11
@@ -288,7 +310,7 @@ impl Proxy {
         let sent = Instant::now();
         let result = state
             .upstreams
-            .send(req, &rewrite, via, route.config.timeout)
+            .send(req, body, &rewrite, via, sent, route.config.timeout)
             .await;
         let upstream_elapsed = sent.elapsed();
         exchange.upstream = Some(upstream_elapsed);
@@ -345,29 +367,28 @@ fn access_log(
 
 /// The host the client addressed: the request target's authority when it has one
 /// (HTTP/2 `:authority`, HTTP/1 absolute form — RFC 9112 §3.2.2 says it wins), else `Host`.
-fn request_host<B>(req: &Request<B>) -> Option<&str> {
-    req.uri().authority().map(|a| a.as_str()).or_else(|| {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-    })
+fn request_host(req: &Parts) -> Option<&str> {
+    req.uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
 }
 
-fn request_host_value<B>(req: &Request<B>) -> Option<HeaderValue> {
-    match req.uri().authority() {
+fn request_host_value(req: &Parts) -> Option<HeaderValue> {
+    match req.uri.authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => req.headers().get(header::HOST).cloned(),
+        None => req.headers.get(header::HOST).cloned(),
     }
 }
 
-/// Swaps the request's path for `path`, keeping the query.
-fn replace_path<B>(req: &mut Request<B>, path: &str) -> Result<(), Refusal> {
-    let mut parts = req.uri().clone().into_parts();
-    let pq = match req.uri().query() {
+/// Swaps the path of `uri` for `path`, keeping the query.
+fn replace_path(uri: &mut Uri, path: &str) -> Result<(), Refusal> {
+    let pq = match uri.query() {
         Some(q) => format!("{path}?{q}"),
         None => path.to_owned(),
     };
+    let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(pq.parse().map_err(|_| Refusal::BadRequest)?);
-    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| Refusal::BadRequest)?;
+    *uri = Uri::from_parts(parts).map_err(|_| Refusal::BadRequest)?;
     Ok(())
 }

@@ -31,7 +31,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::{ConnInfo, RequestBody};
+use super::{CarriesHeaders, ConnInfo, HeaderBlock, RequestBody};
 use crate::proxy::h1::{encode_chunk, poll_read_drained, LAST_CHUNK};
 
 /// Read buffer size, and the least free room a read is given.
@@ -91,7 +91,7 @@ pub async fn serve_connection<H, F, B>(
 where
     H: Fn(Request<RequestBody>, ConnInfo) -> F,
     F: Future<Output = Result<Response<B>, Infallible>>,
-    B: Body,
+    B: Body + CarriesHeaders,
     B::Error: std::fmt::Display,
 {
     let mut conn = Conn {
@@ -194,18 +194,25 @@ impl Conn {
         draining: bool,
     ) -> io::Result<bool>
     where
-        B: Body,
+        B: Body + CarriesHeaders,
         B::Error: std::fmt::Display,
     {
-        let (parts, body) = response.into_parts();
+        let (parts, mut body) = response.into_parts();
+        let carried = body.take_header_block();
         let status = parts.status;
         let keep_alive = facts.keep_alive
             && !draining
             // Nothing asked for a protocol switch; whatever the connection carries next
             // is not ours to read as HTTP.
             && status != StatusCode::SWITCHING_PROTOCOLS;
-        let (framing, keep_alive) =
-            self.head(&parts.headers, status, &body, keep_alive, facts.head_method);
+        let (framing, keep_alive) = self.head(
+            &parts.headers,
+            carried.as_ref(),
+            status,
+            &body,
+            keep_alive,
+            facts.head_method,
+        );
         if facts.head_method || framing == Framing::None {
             self.flush().await?;
             return Ok(keep_alive);
@@ -279,12 +286,15 @@ impl Conn {
         Ok(keep_alive)
     }
 
-    /// Puts the status line and headers into `out`, with the framing headers the body
-    /// needs; says how the body is framed and whether the connection stays open. One pass
-    /// over the headers: each lookup in a `HeaderMap` hashes the name again.
+    /// Puts the status line and headers (the map's, then the lines the body carried) into
+    /// `out`, with the framing headers the body needs; says how the body is framed and
+    /// whether the connection stays open. One pass over the map: each lookup in a
+    /// `HeaderMap` hashes the name again. The carried lines hold no framing or connection
+    /// headers (see [`crate::proxy::h1`]'s response head), so they are copied as they are.
     fn head<B: Body>(
         &mut self,
         headers: &HeaderMap,
+        carried: Option<&HeaderBlock>,
         status: StatusCode,
         body: &B,
         keep_alive: bool,
@@ -311,6 +321,10 @@ impl Conn {
                 _ => {}
             }
         }
+        if let Some(block) = carried {
+            out.extend_from_slice(block.as_bytes());
+            dated |= block.is_dated();
+        }
         let framing = if status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED
@@ -336,7 +350,11 @@ impl Conn {
             // the resource's (RFC 9110 §9.3.2): none is added.
             Framing::None
         } else if let Some(n) = body.size_hint().exact() {
-            write!(out, "content-length: {n}\r\n").expect("writing to a Vec cannot fail");
+            header_line(
+                out,
+                b"content-length",
+                itoa::Buffer::new().format(n).as_bytes(),
+            );
             Framing::Length(n)
         } else {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -562,6 +580,12 @@ mod tests {
             _: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
             Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    impl CarriesHeaders for Frames {
+        fn header_block_mut(&mut self) -> Option<&mut HeaderBlock> {
+            None
         }
     }
 

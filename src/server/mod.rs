@@ -4,10 +4,12 @@
 
 pub mod balance;
 mod body;
+mod carried;
 pub mod h1;
 mod rewind;
 
 pub use body::RequestBody;
+pub use carried::{fold_into_map, CarriesHeaders, HeaderBlock};
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -153,7 +155,7 @@ pub async fn serve_proxy<H, F, B>(
 ) where
     H: Fn(Request<RequestBody>, ConnInfo) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
-    B: Body + Send + 'static,
+    B: Body + CarriesHeaders + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display + Send,
 {
@@ -205,14 +207,30 @@ pub async fn serve_proxy<H, F, B>(
     accept_loop(NAME, listener, Some(share), stop, grace, serve_one).await;
 }
 
-/// A proxy handler taking the requests hyper's server reads.
-fn from_hyper<H, F>(
+/// The proxy's responses, as hyper's server writes them: every header in the map.
+type Folded<F, B> = futures_util::future::Map<
+    F,
+    fn(Result<Response<B>, Infallible>) -> Result<Response<B>, Infallible>,
+>;
+
+/// A proxy handler taking the requests hyper's server reads, and giving it responses whose
+/// carried header lines ([`HeaderBlock`]) are in their header map: hyper writes only that.
+fn from_hyper<H, F, B>(
     handler: H,
-) -> impl Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static
+) -> impl Fn(Request<Incoming>, ConnInfo) -> Folded<F, B> + Clone + Send + Sync + 'static
 where
     H: Fn(Request<RequestBody>, ConnInfo) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<B>, Infallible>>,
+    B: CarriesHeaders,
 {
-    move |req, info| handler(req.map(RequestBody::from), info)
+    fn fold<B: CarriesHeaders>(
+        response: Result<Response<B>, Infallible>,
+    ) -> Result<Response<B>, Infallible> {
+        let Ok(mut response) = response;
+        fold_into_map(&mut response);
+        Ok(response)
+    }
+    move |req, info| handler(req.map(RequestBody::from), info).map(fold::<B> as fn(_) -> _)
 }
 
 /// Serves one connection with hyper's server until it ends or the drain closes it.

@@ -15,6 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use super::codec::{parse_chunk_size, ResponseFraming, MAX_RESPONSE_HEADERS};
 use super::pool::{Conn, Pool};
 use super::H1Error;
+use crate::server::{CarriesHeaders, HeaderBlock};
 
 /// The longest chunk-size line or trailer line we wait for.
 const MAX_LINE: usize = 8 * 1024;
@@ -47,6 +48,9 @@ struct Return {
 }
 
 pub struct ResponseBody {
+    /// The upstream's headers as the client gets them, carried to the server that writes
+    /// the response (see [`crate::server::HeaderBlock`]).
+    headers: HeaderBlock,
     state: State,
     conn: Option<Conn>,
     /// `None` when the connection cannot carry another request.
@@ -55,6 +59,7 @@ pub struct ResponseBody {
 
 impl ResponseBody {
     pub(super) fn new(
+        headers: HeaderBlock,
         framing: ResponseFraming,
         conn: Conn,
         keep_alive: bool,
@@ -68,6 +73,7 @@ impl ResponseBody {
             ResponseFraming::Close => State::Close,
         };
         let mut body = Self {
+            headers,
             state,
             conn: Some(conn),
             reuse: keep_alive.then(|| Return {
@@ -219,6 +225,12 @@ fn parse_trailer(line: Bytes) -> Option<(HeaderName, HeaderValue)> {
     let trimmed = value.trim_ascii_end().len();
     value.truncate(trimmed);
     Some((name, HeaderValue::from_maybe_shared(value).ok()?))
+}
+
+impl CarriesHeaders for ResponseBody {
+    fn header_block_mut(&mut self) -> Option<&mut HeaderBlock> {
+        Some(&mut self.headers)
+    }
 }
 
 impl Body for ResponseBody {

@@ -4,14 +4,15 @@
 use std::io::Write;
 use std::mem::MaybeUninit;
 
-use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use bytes::{Buf, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
 use http::uri::Authority;
-use http::{Method, Response, StatusCode, Version};
+use http::{Method, StatusCode};
 use smallvec::SmallVec;
 
 use super::H1Error;
 use crate::proxy::rewrite::HeaderSink;
+use crate::server::HeaderBlock;
 
 /// The most headers an upstream response may carry (hyper's server default too).
 pub const MAX_RESPONSE_HEADERS: usize = 128;
@@ -145,146 +146,177 @@ pub enum ResponseFraming {
     Close,
 }
 
-/// A parsed response head whose header values are slices of the bytes it was read from.
+/// A parsed response head: what the client needs to know of it, and the headers that go on
+/// to the gateway's client as lines ready to write.
 pub struct ResponseHead {
-    pub response: Response<()>,
+    pub status: StatusCode,
+    /// The upstream's headers less the hop-by-hop ones and the framing the gateway redoes
+    /// (see [`parse_response_head`]).
+    pub headers: HeaderBlock,
     pub framing: ResponseFraming,
     /// Whether the connection may carry another request once the body has been read.
     pub keep_alive: bool,
 }
 
+/// What a response head's headers say about its framing and its connection.
+#[derive(Default)]
+struct HeadFacts<'h> {
+    /// A `Transfer-Encoding` header, and the last coding it names.
+    transfer_coded: bool,
+    last_coding: Option<&'h [u8]>,
+    /// The `Content-Length`, when every value agrees (`Err`: they do not, or one is not a
+    /// number; it matters only without a transfer coding).
+    length: Option<Result<u64, &'static str>>,
+    says_close: bool,
+    /// `Connection` values that name other headers (`Connection: close, X-Foo`); most
+    /// responses have none.
+    listing: SmallVec<[&'h [u8]; 2]>,
+}
+
+impl<'h> HeadFacts<'h> {
+    fn note(&mut self, name: &[u8], value: &'h [u8]) {
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.transfer_coded = true;
+            if let Some(last) = tokens(value).last() {
+                self.last_coding = Some(last);
+            }
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            for part in value.split(|&b| b == b',') {
+                let n = parse_decimal(part.trim_ascii()).ok_or("invalid content-length");
+                self.length = Some(match (self.length, n) {
+                    (Some(Err(e)), _) | (_, Err(e)) => Err(e),
+                    (Some(Ok(l)), Ok(n)) if l != n => Err("conflicting content-length values"),
+                    (_, Ok(n)) => Ok(n),
+                });
+            }
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            self.says_close |= tokens(value).any(|t| t.eq_ignore_ascii_case(b"close"));
+            if !only_connection_options(value) {
+                self.listing.push(value);
+            }
+        }
+    }
+
+    /// RFC 9112 §6.3.
+    fn framing(&self, method: &Method, status: StatusCode) -> Result<ResponseFraming, H1Error> {
+        if *method == Method::HEAD
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Ok(ResponseFraming::Empty);
+        }
+        if self.transfer_coded {
+            // Chunked only when it is the final coding; anything else runs until close.
+            return Ok(match self.last_coding {
+                Some(t) if t.eq_ignore_ascii_case(b"chunked") => ResponseFraming::Chunked,
+                _ => ResponseFraming::Close,
+            });
+        }
+        Ok(match self.length {
+            None => ResponseFraming::Close,
+            Some(Err(e)) => return Err(H1Error::Protocol(e)),
+            Some(Ok(0)) => ResponseFraming::Empty,
+            Some(Ok(n)) => ResponseFraming::Length(n),
+        })
+    }
+
+    /// Whether `Connection` names this header.
+    fn listed(&self, name: &[u8]) -> bool {
+        self.listing
+            .iter()
+            .any(|value| tokens(value).any(|t| t.eq_ignore_ascii_case(name)))
+    }
+}
+
+/// Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus the
+/// non-standard ones proxies have historically honoured: the gateway's client connection
+/// is another connection. (`Upgrade` too: this client never asks for a protocol switch.)
+fn hop_by_hop(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 9] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    ];
+    NAMES
+        .iter()
+        .any(|hop| hop.len() == name.len() && hop.eq_ignore_ascii_case(name))
+}
+
 /// Parses one response head from the front of `buf` and removes it from there. `Ok(None)`
 /// means more bytes are needed. Interim (1xx) responses other than 101 are skipped.
+///
+/// The headers the client gets are the upstream's less the hop-by-hop ones (the fixed
+/// list, and those `Connection` names) and less `Content-Length` wherever the body's own
+/// size states it (the gateway's server writes the length it frames the body by; only
+/// the answers to `HEAD`, 204 and 304 pass the upstream's on).
 pub fn parse_response_head(
     buf: &mut BytesMut,
     request_method: &Method,
 ) -> Result<Option<ResponseHead>, H1Error> {
     loop {
-        // (name, start, end) of each value within the head, to slice once it is frozen.
-        let mut found: SmallVec<[(HeaderName, usize, usize); 16]> = SmallVec::new();
-        // Noted on the way, so that framing and reuse need no lookups in the map.
-        let (mut chunked_or_coded, mut says_close) = (false, false);
-        let (len, status, version) =
-            {
-                // Uninitialised: zeroing 128 slots cost more than parsing a typical head.
-                let mut slots =
-                    [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
-                let mut parsed = httparse::Response::new(&mut []);
-                let len = match httparse::ParserConfig::default()
-                    .parse_response_with_uninit_headers(&mut parsed, buf, &mut slots)
-                {
-                    Ok(httparse::Status::Complete(len)) => len,
-                    Ok(httparse::Status::Partial) => return Ok(None),
-                    Err(httparse::Error::TooManyHeaders) => {
-                        return Err(H1Error::Protocol("too many response headers"))
-                    }
-                    Err(_) => return Err(H1Error::Protocol("malformed response head")),
-                };
-                let code = parsed.code.unwrap_or_default();
-                let status = StatusCode::from_u16(code)
-                    .map_err(|_| H1Error::Protocol("invalid status code"))?;
-                let version = match parsed.version {
-                    Some(1) => Version::HTTP_11,
-                    _ => Version::HTTP_10,
-                };
-                let base = buf.as_ptr() as usize;
-                for h in parsed.headers.iter() {
-                    let name = HeaderName::from_bytes(h.name.as_bytes())
-                        .map_err(|_| H1Error::Protocol("invalid response header name"))?;
-                    match name {
-                        header::TRANSFER_ENCODING => chunked_or_coded = true,
-                        header::CONNECTION => {
-                            says_close |= has_close(h.value);
-                            // Options only (nginx's `keep-alive`): about this connection and
-                            // naming no other header, so left out now rather than removed from
-                            // the map by the hop-by-hop pass.
-                            if only_connection_options(h.value) {
-                                continue;
-                            }
-                        }
-                        _ if name == KEEP_ALIVE => continue, // hop-by-hop, names nothing
-                        _ => {}
-                    }
-                    let start = h.value.as_ptr() as usize - base;
-                    found.push((name, start, start + h.value.len()));
-                }
-                (len, status, version)
-            };
-        let head: Bytes = buf.split_to(len).freeze();
+        // Uninitialised: zeroing 128 slots cost more than parsing a typical head.
+        let mut slots =
+            [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            buf,
+            &mut slots,
+        ) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(H1Error::Protocol("too many response headers"))
+            }
+            Err(_) => return Err(H1Error::Protocol("malformed response head")),
+        };
+        let status = StatusCode::from_u16(parsed.code.unwrap_or_default())
+            .map_err(|_| H1Error::Protocol("invalid status code"))?;
         if status.is_informational() {
             if status == StatusCode::SWITCHING_PROTOCOLS {
                 // Upgrades never take this path; a switch nobody asked for is an error.
                 return Err(H1Error::Protocol("unrequested protocol switch"));
             }
+            buf.advance(len);
             continue; // 100 Continue, 103 Early Hints: the final response follows
         }
-        let mut headers = HeaderMap::with_capacity(found.len());
-        for (name, start, end) in found {
-            let value = HeaderValue::from_maybe_shared(head.slice(start..end))
-                .map_err(|_| H1Error::Protocol("invalid response header value"))?;
-            headers.append(name, value);
+        let http11 = parsed.version == Some(1);
+        let mut facts = HeadFacts::default();
+        for h in parsed.headers.iter() {
+            facts.note(h.name.as_bytes(), h.value);
         }
-        let framing = response_framing(request_method, status, &headers, chunked_or_coded)?;
-        if chunked_or_coded {
-            // RFC 9112 §6.3: the length does not apply, and must not reach the client, whose
-            // answer would be framed by it.
-            headers.remove(header::CONTENT_LENGTH);
+        let framing = facts.framing(request_method, status)?;
+        let passes_length = !facts.transfer_coded
+            && (*request_method == Method::HEAD
+                || status == StatusCode::NO_CONTENT
+                || status == StatusCode::NOT_MODIFIED);
+        // httparse has checked names and values as `HeaderName` and `HeaderValue` would.
+        let mut headers = HeaderBlock::with_capacity(len);
+        for h in parsed.headers.iter() {
+            let name = h.name.as_bytes();
+            let dropped = hop_by_hop(name)
+                || (name.eq_ignore_ascii_case(b"content-length") && !passes_length)
+                || (!facts.listing.is_empty() && facts.listed(name));
+            if !dropped {
+                headers.push(name, h.value);
+            }
         }
-        let keep_alive =
-            version == Version::HTTP_11 && framing != ResponseFraming::Close && !says_close;
-        let mut response = Response::new(());
-        *response.status_mut() = status;
-        *response.headers_mut() = headers;
+        let keep_alive = http11 && framing != ResponseFraming::Close && !facts.says_close;
+        drop(facts); // it borrows the buffer
+        buf.advance(len);
         return Ok(Some(ResponseHead {
-            response,
+            status,
+            headers,
             framing,
             keep_alive,
         }));
     }
-}
-
-/// `transfer_coded`: the head has a `Transfer-Encoding` header.
-fn response_framing(
-    method: &Method,
-    status: StatusCode,
-    headers: &HeaderMap,
-    transfer_coded: bool,
-) -> Result<ResponseFraming, H1Error> {
-    if *method == Method::HEAD
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok(ResponseFraming::Empty);
-    }
-    if transfer_coded {
-        // Chunked only when it is the final coding; anything else runs until close.
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-            .rfind(|t| !t.is_empty());
-        return Ok(match last {
-            Some(t) if t.eq_ignore_ascii_case(b"chunked") => ResponseFraming::Chunked,
-            _ => ResponseFraming::Close,
-        });
-    }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let n = parse_decimal(part.trim_ascii())
-                .ok_or(H1Error::Protocol("invalid content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(H1Error::Protocol("conflicting content-length values"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
-        Some(0) => ResponseFraming::Empty,
-        Some(n) => ResponseFraming::Length(n),
-        None => ResponseFraming::Close,
-    })
 }
 
 fn parse_decimal(digits: &[u8]) -> Option<u64> {
@@ -298,8 +330,6 @@ fn parse_decimal(digits: &[u8]) -> Option<u64> {
     })
 }
 
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-
 /// Whether a `Connection` value lists only `keep-alive` and `close`, no header names.
 fn only_connection_options(value: &[u8]) -> bool {
     value.split(|&b| b == b',').all(|t| {
@@ -308,11 +338,12 @@ fn only_connection_options(value: &[u8]) -> bool {
     })
 }
 
-/// Whether a `Connection` value lists `close` (case-insensitively).
-fn has_close(value: &[u8]) -> bool {
+/// The elements of a comma-separated header value.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
         .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
 }
 
 /// The size in a chunk-size line (`1a;ext=1`), or `None` when it is not one.
@@ -410,8 +441,9 @@ mod tests {
         let head = parse_response_head(&mut buf, &Method::GET)
             .unwrap()
             .unwrap();
-        assert_eq!(head.response.status(), StatusCode::OK);
-        assert_eq!(head.response.headers()["x-a"], "b");
+        assert_eq!(head.status, StatusCode::OK);
+        // The length goes: the server writes the one it frames the body by.
+        assert_eq!(head.headers.as_bytes(), b"X-A: b\r\n");
         assert_eq!(head.framing, ResponseFraming::Length(2));
         assert!(head.keep_alive);
         assert_eq!(&buf[..], b"ok");
@@ -433,8 +465,8 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert_eq!(head.response.status(), StatusCode::CREATED);
-        assert!(!head.response.headers().contains_key("link"));
+        assert_eq!(head.status, StatusCode::CREATED);
+        assert_eq!(head.headers.as_bytes(), b"");
         assert_eq!(head.framing, ResponseFraming::Empty);
         assert!(matches!(
             parse("HTTP/1.1 101 Switching Protocols\r\n\r\n", Method::GET),
@@ -478,6 +510,72 @@ mod tests {
             "HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
         ] {
             assert!(parse(bad, Method::GET).is_err(), "{bad:?}");
+        }
+    }
+
+    /// The lines the client is given for `raw`.
+    fn passed(raw: &str, method: Method) -> String {
+        let head = parse(raw, method).unwrap().unwrap();
+        String::from_utf8(head.headers.as_bytes().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_stay_behind() {
+        let raw = "HTTP/1.1 200 OK\r\nServer: up\r\nConnection: keep-alive, X-Secret\r\n\
+                   Keep-Alive: timeout=5\r\nX-Secret: s\r\nx-secret: t\r\nProxy-Connection: x\r\n\
+                   Proxy-Authenticate: Basic\r\nTE: trailers\r\nTrailer: x-sum\r\n\
+                   Upgrade: h2c\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\
+                   Set-Cookie: a=1\r\nset-cookie: b=2\r\nX-Secretive:   kept  \r\n\r\n";
+        assert_eq!(
+            passed(raw, Method::GET),
+            "Server: up\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\nX-Secretive: kept\r\n"
+        );
+        // Options only: nothing else named, nothing else dropped.
+        assert_eq!(
+            passed(
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n",
+                Method::GET
+            ),
+            "X-A: 1\r\n"
+        );
+    }
+
+    #[test]
+    fn only_bodiless_answers_pass_the_upstreams_length_on() {
+        let raw = |status: &str| format!("HTTP/1.1 {status}\r\nContent-Length: 50\r\n\r\n");
+        assert_eq!(
+            passed(&raw("200 OK"), Method::HEAD),
+            "Content-Length: 50\r\n"
+        );
+        assert_eq!(
+            passed(&raw("304 Not Modified"), Method::GET),
+            "Content-Length: 50\r\n"
+        );
+        assert_eq!(
+            passed(&raw("204 No Content"), Method::GET),
+            "Content-Length: 50\r\n"
+        );
+        assert_eq!(passed(&raw("200 OK"), Method::GET), "");
+        assert_eq!(
+            passed("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", Method::GET),
+            ""
+        );
+        let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n";
+        assert_eq!(passed(chunked, Method::HEAD), "");
+    }
+
+    #[test]
+    fn values_httparse_lets_through_are_valid_header_values() {
+        // The block is written without `HeaderValue`'s check: httparse's must be as strict.
+        for bad in ["X-A: a\x7fb", "X-A: a\x01b", "X-A: a\0b"] {
+            let raw = format!("HTTP/1.1 200 OK\r\n{bad}\r\nContent-Length: 0\r\n\r\n");
+            assert!(parse(&raw, Method::GET).is_err(), "{bad:?}");
+        }
+        let ok = "HTTP/1.1 200 OK\r\nX-A: tab\there \u{e9}\r\nContent-Length: 0\r\n\r\n";
+        let head = parse(ok, Method::GET).unwrap().unwrap();
+        for (name, value) in head.headers.iter() {
+            HeaderName::from_bytes(name).unwrap();
+            HeaderValue::from_bytes(value).unwrap();
         }
     }
 

@@ -167,9 +167,19 @@ impl H1Client {
                 _ => {}
             }
         };
-        tracing::trace!(status = head.response.status().as_u16(), framing = ?head.framing, keep_alive = head.keep_alive, "upstream response head");
-        let body = ResponseBody::new(head.framing, conn, head.keep_alive, &self.pool, authority);
-        Ok(head.response.map(|()| body))
+        tracing::trace!(status = head.status.as_u16(), framing = ?head.framing, keep_alive = head.keep_alive, "upstream response head");
+        let body = ResponseBody::new(
+            head.headers,
+            head.framing,
+            conn,
+            head.keep_alive,
+            &self.pool,
+            authority,
+        );
+        // The headers travel in the body: the response's own map stays empty.
+        let mut response = Response::new(body);
+        *response.status_mut() = head.status;
+        Ok(response)
     }
 }
 
