@@ -393,7 +393,17 @@ impl Verifier {
         let caches = self.caches.load();
         // One read of the clock for every freshness check of this decision.
         let now_ms = monotonic_ms();
-        let (key, owner) = match self.key_entry(&caches, hash, now_ms).await? {
+        // A fresh entry, the common case, answers here; the load path and its future only
+        // when there is none (boxed: hits should not carry its size, nor its moves).
+        let cached = caches.keys.get_at(hash, now_ms);
+        let entry = match fresh_hit(cached, now_ms, &self.epoch, &caches.policy) {
+            Some((entry, lookup)) => {
+                telemetry::record_cache_lookup(lookup.label());
+                entry
+            }
+            None => Box::pin(self.key_entry(&caches, hash, now_ms)).await?,
+        };
+        let (key, owner) = match entry {
             KeyEntry::Known { key, owner, stamp } => {
                 self.refresh_ahead(&caches, hash, stamp, now_ms);
                 (key, owner)
@@ -792,6 +802,22 @@ where
     }
 }
 
+/// `entry` if it is fresh, and how the lookup went (a hit, or a negative hit).
+fn fresh_hit<E: Cached>(
+    entry: Option<E>,
+    now_ms: u64,
+    epoch: &AtomicU64,
+    policy: &Policy,
+) -> Option<(E, Lookup)> {
+    let entry = entry.filter(|e| e.is_fresh(now_ms, epoch.load(Ordering::Acquire), policy))?;
+    let lookup = if entry.is_negative() {
+        Lookup::NegativeHit
+    } else {
+        Lookup::Hit
+    };
+    Some((entry, lookup))
+}
+
 /// Fresh entries come straight from the cache. Otherwise exactly one caller per key loads
 /// (the others wait and reuse its result). If the load fails, a not-too-old entry is served
 /// as stale; without one the error stands.
@@ -811,15 +837,8 @@ where
     // `now_ms` also after waiting for another caller's load: it only lengthens freshness by
     // that wait, and the entry that load brought is the freshest there is.
     let fresh = |entry: &C::Entry| entry.is_fresh(now_ms, epoch.load(Ordering::Acquire), policy);
-    if let Some(entry) = cache.lookup(key, now_ms).await {
-        if fresh(&entry) {
-            let lookup = if entry.is_negative() {
-                Lookup::NegativeHit
-            } else {
-                Lookup::Hit
-            };
-            return Ok((entry, lookup));
-        }
+    if let Some(hit) = fresh_hit(cache.lookup(key, now_ms).await, now_ms, epoch, policy) {
+        return Ok(hit);
     }
     // Boxed: the load (store round trip, cache insert) is a future of several kilobytes,
     // and unboxed it would size every request's future for a path only misses take. That
