@@ -297,15 +297,26 @@ def cmd_cold_report(a: argparse.Namespace) -> None:
               f"{d['store_by_op'].get('load_key', 0):.0f} | {f('0.5')} | {f('0.9')} | "
               f"{f('0.99')} | {f('1')} |")
     print()
-    b = after.get("load_key_buckets") or {}
-    total = b.get("+Inf", 0)
+    def shares(buckets: dict, upto: float) -> tuple[float, str]:
+        total = buckets.get("+Inf", 0)
+        text = ", ".join(f"≤ {float(le) * 1000:g} ms: {100 * n / total:.1f}%"
+                         for le, n in sorted(((k, v) for k, v in buckets.items() if k != "+Inf"),
+                                             key=lambda kv: float(kv[0]))
+                         if float(le) <= upto) if total else ""
+        return total, text
+
+    total, text = shares(after.get("load_key_buckets") or {}, 0.01)
     if total:
-        shares = ", ".join(f"≤ {float(le) * 1000:g} ms: {100 * n / total:.1f}%"
-                           for le, n in sorted(((k, v) for k, v in b.items() if k != "+Inf"),
-                                               key=lambda kv: float(kv[0]))
-                           if float(le) <= 0.01)
         print(f"keygate's own `load_key` store time (`keygate_store_request_duration_seconds` "
-              f"histogram, {total:.0f} loads): {shares}.")
+              f"histogram, {total:.0f} loads): {text}.")
+        print()
+    # Whether a slow miss was slow inside keygate (head parsed to response ready) or
+    # outside it (sockets, scheduling, the client).
+    total, text = shares(after.get("request_buckets") or {}, 0.05)
+    if total:
+        print(f"keygate's own time per request, misses and hits together "
+              f"(`keygate_http_request_duration_seconds`, {total:.0f} requests since keygate "
+              f"started): {text}.")
         print()
     if len(cli) >= 4:
         print(f"`redis-cli --latency` (3 s, 1 ms resolution): min {cli[0]} ms, max {cli[1]} ms, "
@@ -447,6 +458,11 @@ def scrape(port: int) -> dict:
             out["load_key_quantiles"][lab["quantile"]] = v
         elif name == "keygate_store_request_duration_seconds_bucket" and lab.get("op") == "load_key":
             out.setdefault("load_key_buckets", {})[lab.get("le", "?")] = v
+        elif name == "keygate_http_request_duration_seconds_bucket":
+            # Every route and status together: keygate's own time per request.
+            buckets = out.setdefault("request_buckets", {})
+            le = lab.get("le", "?")
+            buckets[le] = buckets.get(le, 0.0) + v
     return out
 
 
