@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod echo;
 pub mod events;
+pub mod huge_pages;
 pub mod limits;
 pub mod proxy;
 pub mod server;

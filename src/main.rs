@@ -8,7 +8,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 use keygate::cli::{Cli, Command};
 use keygate::config::{Config, LogConfig};
-use keygate::{app, client, echo, telemetry};
+use keygate::{app, client, echo, huge_pages, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -33,6 +33,13 @@ fn main() -> ExitCode {
                 }
             };
             let _log_writer = telemetry::init_logging(&cfg.log);
+            // Before the caches and pools take their memory (see `keygate::huge_pages`).
+            match huge_pages::disable_for_this_process() {
+                Ok(()) => tracing::debug!("transparent huge pages off for this process"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot turn transparent huge pages off; a cache filling from empty may stall requests while the kernel zeroes huge pages")
+                }
+            }
             run_async(app::run(cfg, config))
         }
         Command::Echo { listen } => {

@@ -478,6 +478,19 @@ async fn proxy_worker_cpus(gw: &Gateway, workers: usize) -> Vec<String> {
         .collect()
 }
 
+/// A cache filling from empty must not wait for the kernel to zero 2 MiB huge pages inside
+/// requests (`src/huge_pages.rs`): the served process has transparent huge pages off.
+#[tokio::test]
+async fn the_gateway_runs_without_transparent_huge_pages() {
+    let gw = Gateway::start(
+        "proxy: { listen: \"127.0.0.1:0\" }\nroutes:\n  - { name: a, upstream: 'http://127.0.0.1:9', auth: none }\n",
+    );
+    // Kernels before 5.0 do not report it; there is nothing to check on them.
+    if let Some(thp) = gw.status_field("THP_enabled") {
+        assert_eq!(thp, "0", "THP_enabled of the keygate process");
+    }
+}
+
 #[tokio::test]
 async fn proxy_workers_are_tied_one_per_cpu_only_when_they_match_the_cpus() {
     let up = echo_upstream().await;

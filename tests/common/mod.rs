@@ -153,6 +153,15 @@ impl Gateway {
         self.log.lock().unwrap().clone()
     }
 
+    /// A field of the gateway process's /proc status (`THP_enabled`, …), if the kernel has it.
+    pub fn status_field(&self, field: &str) -> Option<String> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .map(|v| v.trim().to_owned())
+    }
+
     /// Each thread's name and the CPUs it may run on (`Cpus_allowed_list` in /proc), sorted.
     pub fn thread_cpus(&self) -> Vec<(String, String)> {
         let tasks = format!("/proc/{}/task", self.child.id());
