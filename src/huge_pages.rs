@@ -14,6 +14,7 @@ use std::io;
 
 /// Turns transparent huge pages off for this process (`PR_SET_THP_DISABLE`). Memory already
 /// mapped keeps what it has; everything mapped from now on uses normal pages.
+#[cfg(target_os = "linux")]
 pub fn disable_for_this_process() -> io::Result<()> {
     // SAFETY: prctl with PR_SET_THP_DISABLE takes plain integers and touches no memory of
     // ours.
@@ -26,6 +27,7 @@ pub fn disable_for_this_process() -> io::Result<()> {
 }
 
 /// Whether transparent huge pages are off for this process.
+#[cfg(target_os = "linux")]
 pub fn disabled_for_this_process() -> io::Result<bool> {
     // SAFETY: as above; PR_GET_THP_DISABLE returns the flag.
     let flag = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
@@ -36,7 +38,20 @@ pub fn disabled_for_this_process() -> io::Result<bool> {
     }
 }
 
-#[cfg(test)]
+#[cfg(not(target_os = "linux"))]
+pub fn disable_for_this_process() -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "transparent huge pages are a Linux setting",
+    ))
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn disabled_for_this_process() -> io::Result<bool> {
+    Ok(false)
+}
+
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 

@@ -63,10 +63,11 @@ impl Upstreams {
 
     /// Sends the request (`head`, with the upstream's URI, and `body`) and waits up to
     /// `timeout` from `sent` for the response head. The body then streams without a
-    /// deadline: a large download is not a slow upstream. (`sent` is the caller's clock
-    /// reading, which times the exchange: a request reads the clock once less.) The headers are rewritten on the way: written
-    /// straight into the request head by our client, edited in the request for hyper's,
-    /// which takes `head` (left empty).
+    /// deadline: a large download is not a slow upstream. `sent` is the caller's clock
+    /// reading, which also times the exchange: one clock read less per request.
+    ///
+    /// The headers are rewritten on the way: written straight into the request head by
+    /// our client, edited in the request for hyper's, which takes `head` (left empty).
     pub async fn send(
         &self,
         head: &mut Parts,

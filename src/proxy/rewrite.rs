@@ -29,6 +29,13 @@ const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// Whether `name` (in any case) is on the fixed hop-by-hop list, or is `Upgrade` and
+/// `upgrade_too`: for heads kept as bytes, where no `HeaderName` is made.
+pub fn hop_by_hop(name: &[u8], upgrade_too: bool) -> bool {
+    let named = |h: &HeaderName| h.as_str().as_bytes().eq_ignore_ascii_case(name);
+    HOP_BY_HOP.iter().any(named) || (upgrade_too && named(&header::UPGRADE))
+}
+
 /// What one pass over a head's names finds of its hop-by-hop headers: most requests carry
 /// none, and then nothing is hashed, removed or left out.
 struct HopByHop {

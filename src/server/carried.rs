@@ -14,6 +14,8 @@ use http::Response;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
+use super::h1::header_line;
+
 /// `name: value\r\n` lines, each name and value already checked as HTTP allows them (the
 /// upstream's head parser checks both the way `HeaderName` and `HeaderValue` do).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -34,10 +36,7 @@ impl HeaderBlock {
     /// Appends a line. `name` and `value` must be valid as a header name and value.
     pub fn push(&mut self, name: &[u8], value: &[u8]) {
         self.dated |= name.eq_ignore_ascii_case(b"date");
-        self.lines.extend_from_slice(name);
-        self.lines.extend_from_slice(b": ");
-        self.lines.extend_from_slice(value);
-        self.lines.extend_from_slice(b"\r\n");
+        header_line(&mut self.lines, name, value);
     }
 
     /// The lines as they go out.
@@ -51,13 +50,21 @@ impl HeaderBlock {
 
     /// Each line's name and value.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.lines
-            .split(|&b| b == b'\n')
-            .filter_map(|line| line.strip_suffix(b"\r"))
-            .filter_map(|line| {
-                let colon = line.iter().position(|&b| b == b':')?;
-                Some((&line[..colon], &line[colon + 2..]))
-            })
+        self.lines().filter_map(|line| {
+            let line = line.strip_suffix(b"\r\n")?;
+            let colon = line.iter().position(|&b| b == b':')?;
+            Some((&line[..colon], &line[colon + 2..]))
+        })
+    }
+
+    /// Each line, with its line ending.
+    fn lines(&self) -> impl Iterator<Item = &[u8]> {
+        let mut start = 0;
+        memchr::memchr_iter(b'\n', &self.lines).map(move |end| {
+            let line = &self.lines[start..=end];
+            start = end + 1;
+            line
+        })
     }
 
     /// Drops every line named `name` (a header the gateway sets on the response itself).
@@ -69,26 +76,16 @@ impl HeaderBlock {
                 && line[name.len()] == b':'
                 && line[..name.len()].eq_ignore_ascii_case(name)
         };
-        let lines = || {
-            let mut start = 0;
-            memchr::memchr_iter(b'\n', &self.lines).map(move |end| {
-                let line = start..end + 1;
-                start = end + 1;
-                line
-            })
-        };
-        if !lines().any(|line| named(&self.lines[line])) {
+        if !self.lines().any(named) {
             return;
         }
         let mut kept = Vec::with_capacity(self.lines.len());
-        for line in lines() {
-            if !named(&self.lines[line.clone()]) {
-                kept.extend_from_slice(&self.lines[line]);
-            }
+        for line in self.lines().filter(|line| !named(line)) {
+            kept.extend_from_slice(line);
         }
         self.lines = kept;
-        let dated = self.iter().any(|(n, _)| n.eq_ignore_ascii_case(b"date"));
-        self.dated = dated;
+        // Every line of that name is gone; lines of other names stay.
+        self.dated &= !name.eq_ignore_ascii_case(b"date");
     }
 }
 

@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::{CarriesHeaders, ConnInfo, HeaderBlock, RequestBody};
-use crate::proxy::h1::{encode_chunk, poll_read_drained, LAST_CHUNK};
+use crate::proxy::h1::{encode_chunk, poll_read_drained, tokens, LAST_CHUNK};
 
 /// Read buffer size, and the least free room a read is given.
 const READ_BUFFER: usize = 8 * 1024;
@@ -415,7 +415,8 @@ enum Framing {
     Close,
 }
 
-fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// `name: value\r\n`.
+pub(super) fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -437,14 +438,6 @@ fn date_line(out: &mut Vec<u8>) {
         }
         header_line(out, b"date", text.as_bytes());
     });
-}
-
-/// The elements of a comma-separated header value.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(|t| t.trim_ascii())
-        .filter(|t| !t.is_empty())
 }
 
 // Returned once per request and moved straight on into the handler: boxing the request

@@ -11,7 +11,7 @@ use http::{Method, StatusCode};
 use smallvec::SmallVec;
 
 use super::H1Error;
-use crate::proxy::rewrite::HeaderSink;
+use crate::proxy::rewrite::{hop_by_hop, HeaderSink};
 use crate::server::HeaderBlock;
 
 /// The most headers an upstream response may carry (hyper's server default too).
@@ -199,10 +199,7 @@ impl<'h> HeadFacts<'h> {
 
     /// RFC 9112 §6.3.
     fn framing(&self, method: &Method, status: StatusCode) -> Result<ResponseFraming, H1Error> {
-        if *method == Method::HEAD
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED
-        {
+        if bodiless(method, status) {
             return Ok(ResponseFraming::Empty);
         }
         if self.transfer_coded {
@@ -228,24 +225,11 @@ impl<'h> HeadFacts<'h> {
     }
 }
 
-/// Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus the
-/// non-standard ones proxies have historically honoured: the gateway's client connection
-/// is another connection. (`Upgrade` too: this client never asks for a protocol switch.)
-fn hop_by_hop(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 9] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    ];
-    NAMES
-        .iter()
-        .any(|hop| hop.len() == name.len() && hop.eq_ignore_ascii_case(name))
+/// A response to `HEAD`, a 204 or a 304 has no body whatever its headers say.
+fn bodiless(method: &Method, status: StatusCode) -> bool {
+    *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
 }
 
 /// Parses one response head from the front of `buf` and removes it from there. `Ok(None)`
@@ -292,17 +276,15 @@ pub fn parse_response_head(
             facts.note(h.name.as_bytes(), h.value);
         }
         let framing = facts.framing(request_method, status)?;
-        let passes_length = !facts.transfer_coded
-            && (*request_method == Method::HEAD
-                || status == StatusCode::NO_CONTENT
-                || status == StatusCode::NOT_MODIFIED);
+        let passes_length = !facts.transfer_coded && bodiless(request_method, status);
         // httparse has checked names and values as `HeaderName` and `HeaderValue` would.
         let mut headers = HeaderBlock::with_capacity(len);
         for h in parsed.headers.iter() {
             let name = h.name.as_bytes();
-            let dropped = hop_by_hop(name)
+            // `Upgrade` too: this client never asks for a protocol switch.
+            let dropped = hop_by_hop(name, true)
                 || (name.eq_ignore_ascii_case(b"content-length") && !passes_length)
-                || (!facts.listing.is_empty() && facts.listed(name));
+                || facts.listed(name);
             if !dropped {
                 headers.push(name, h.value);
             }
@@ -332,14 +314,11 @@ fn parse_decimal(digits: &[u8]) -> Option<u64> {
 
 /// Whether a `Connection` value lists only `keep-alive` and `close`, no header names.
 fn only_connection_options(value: &[u8]) -> bool {
-    value.split(|&b| b == b',').all(|t| {
-        let t = t.trim_ascii();
-        t.is_empty() || t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close")
-    })
+    tokens(value).all(|t| t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close"))
 }
 
 /// The elements of a comma-separated header value.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
         .split(|&b| b == b',')
         .map(<[u8]>::trim_ascii)

@@ -28,7 +28,9 @@ use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 
 pub use body::ResponseBody;
-pub use codec::{encode_chunk, encode_request_head, HeadWriter, RequestFraming, LAST_CHUNK};
+pub use codec::{
+    encode_chunk, encode_request_head, tokens, HeadWriter, RequestFraming, LAST_CHUNK,
+};
 pub use pool::poll_read_drained;
 use pool::{Conn, Pool};
 
